@@ -1,0 +1,254 @@
+"""MENTOR as a Flax NNX module, following the official code (MENTOR_SPEC §1).
+
+The module only holds parameters; the computation lives in pure functions
+(`item_mlps`, `propagate`, `forward`) so that it reads like the spec and can
+be tested without Flax.
+
+Seven modality encoders share one shape: a user preference table P (U x 64)
+and an item MLP f -> 256 -> 64. Their forward passes are batched:
+
+* encoders that read the same input (the visual ones, the textual ones) run
+  their first layer as one wide matmul, F @ [W1_a | W1_b | W1_c];
+* all encoders propagate together: one SpMM of width 64 x n_encoders per
+  layer instead of n_encoders SpMMs of width 64;
+* the item-item graph S smooths all encoders' item rows in one pass.
+
+All three are exact re-arrangements of the per-encoder computation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mentor_jax import sparse
+
+EMBED_DIM = 64  # `embedding_size`; hard-coded in several places upstream.
+HIDDEN_DIM = 256  # Width of the item MLP's hidden layer (`GCN.MLP`).
+
+# Encoder order in every stacked array. The clean encoders come first so the
+# light variant (no graph perturbation) is a prefix.
+CLEAN = ('v', 't', 'id')
+PERTURBED = ('v_n1', 'v_n2', 't_n1', 't_n2')
+
+
+def _torch_linear_init(fan_in: int):
+  """PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _xavier_normal(key, shape, dtype=jnp.float32):
+  """torch.nn.init.xavier_normal_ for a 2-d tensor (gain 1)."""
+  fan_out, fan_in = shape[0], math.prod(shape[1:])
+  std = math.sqrt(2.0 / (fan_in + fan_out))
+  return std * jax.random.normal(key, shape, dtype)
+
+
+class Encoder(nnx.Module):
+  """Parameters of one modality encoder (`GCN` upstream)."""
+
+  def __init__(self, n_users: int, in_dim: int, *, rngs: nnx.Rngs):
+    init = _torch_linear_init(in_dim)
+    self.preference = nnx.Param(
+        _xavier_normal(rngs.params(), (n_users, EMBED_DIM)))
+    self.w1 = nnx.Param(init(rngs.params(), (in_dim, HIDDEN_DIM)))
+    self.b1 = nnx.Param(init(rngs.params(), (HIDDEN_DIM,)))
+    init = _torch_linear_init(HIDDEN_DIM)
+    self.w2 = nnx.Param(init(rngs.params(), (HIDDEN_DIM, EMBED_DIM)))
+    self.b2 = nnx.Param(init(rngs.params(), (EMBED_DIM,)))
+
+
+class Mentor(nnx.Module):
+  """All trainable state of MENTOR (MENTOR_SPEC §1.2).
+
+  Args:
+    n_users, n_items: graph sizes.
+    dim_v, dim_t: raw feature widths of the two modalities.
+    perturbed: create the four noise encoders (False for the light model,
+      MENTOR_g / MENTOR_fg, which never computes them).
+    rngs: NNX random streams.
+  """
+
+  def __init__(self, n_users: int, n_items: int, dim_v: int, dim_t: int, *,
+               perturbed: bool = True, rngs: nnx.Rngs):
+    self.n_users = n_users
+    self.n_items = n_items
+    in_dims = {'v': dim_v, 't': dim_t, 'id': EMBED_DIM,
+               'v_n1': dim_v, 'v_n2': dim_v, 't_n1': dim_t, 't_n2': dim_t}
+    names = CLEAN + (PERTURBED if perturbed else ())
+    self.encoders = nnx.Dict(
+        {n: Encoder(n_users, in_dims[n], rngs=rngs) for n in names})
+    self.id_feat = nnx.Param(_xavier_normal(rngs.params(),
+                                            (n_items, EMBED_DIM)))
+    # Per-user modality weights: softmax over the two modalities once, at
+    # init; afterwards a free parameter (no softmax in the forward pass).
+    raw = _xavier_normal(rngs.params(), (n_users, 2))
+    self.weight_u = nnx.Param(jax.nn.softmax(raw, axis=1))
+    # The feature-masking predictor (`mlp`, 128 -> 128). Under the official
+    # semantics it only feeds a loss computed without gradient.
+    init = _torch_linear_init(2 * EMBED_DIM)
+    self.mask_w = nnx.Param(init(rngs.params(), (2 * EMBED_DIM,
+                                                 2 * EMBED_DIM)))
+    self.mask_b = nnx.Param(init(rngs.params(), (2 * EMBED_DIM,)))
+
+  @property
+  def perturbed(self) -> bool:
+    return 'v_n1' in self.encoders
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """F.normalize(x, dim=-1): x / max(||x||, eps)."""
+  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+  return x / jnp.maximum(norm, eps)
+
+
+def item_mlps(features: jax.Array, encoders: Sequence[Encoder]) -> jax.Array:
+  """LeakyReLU(F W1 + b1) W2 + b2 for encoders sharing the input F.
+
+  Returns:
+    [I, n_encoders, 64].
+  """
+  w1 = jnp.concatenate([e.w1[...] for e in encoders], axis=1)
+  b1 = jnp.concatenate([e.b1[...] for e in encoders], axis=0)
+  hidden = jax.nn.leaky_relu(features @ w1 + b1, negative_slope=0.01)
+  hidden = hidden.reshape(features.shape[0], len(encoders), HIDDEN_DIM)
+  w2 = jnp.stack([e.w2[...] for e in encoders])  # [n, 256, 64]
+  b2 = jnp.stack([e.b2[...] for e in encoders])  # [n, 64]
+  return jnp.einsum('inh,nhd->ind', hidden, w2) + b2
+
+
+def perturb(h: jax.Array, key: jax.Array, eps: float) -> jax.Array:
+  """SimGCL-style noise: h + eps * sign(h) * rownorm(U[0, 1))."""
+  noise = l2_normalize(jax.random.uniform(key, h.shape, h.dtype))
+  return h + eps * jnp.sign(h) * noise
+
+
+def propagate(x0: jax.Array, adj: sparse.Csr, *, n_layers: int,
+              n_clean: int, key: jax.Array | None, eps: float,
+              kernel: str) -> jax.Array:
+  """Sum of layers 0..L of A-hat propagation for stacked encoders.
+
+  Args:
+    x0: [N, n_encoders, 64] layer-0 embeddings (already row-normalized).
+    adj: the normalized user-item graph.
+    n_layers: propagation depth (2 upstream, hard-coded).
+    n_clean: encoders [0, n_clean) are clean; the rest get noise after each
+      layer (never at layer 0), as the perturbed encoders upstream.
+    key: randomness for the noise (fresh per layer); unused if all are clean.
+    eps: noise norm (0.1 upstream).
+    kernel: sparse kernel name, see `sparse.spmm`.
+
+  Returns:
+    [N, n_encoders, 64].
+  """
+  n, n_enc, dim = x0.shape
+  h, total = x0, x0
+  for layer in range(n_layers):
+    h = sparse.spmm(adj, h.reshape(n, n_enc * dim),
+                    kernel=kernel).reshape(n, n_enc, dim)
+    if n_clean < n_enc:
+      noisy = perturb(h[:, n_clean:], jax.random.fold_in(key, layer), eps)
+      h = jnp.concatenate([h[:, :n_clean], noisy], axis=1)
+    total = total + h
+  return total
+
+
+class Embeddings(NamedTuple):
+  """Per-encoder outputs, users and (S-smoothed) items."""
+
+  users: jax.Array  # [U, n_encoders, 64]
+  items: jax.Array  # [I, n_encoders, 64], already x + S x
+  weight_u: jax.Array  # [U, 2]
+
+
+def forward(model: Mentor, feat_v: jax.Array, feat_t: jax.Array,
+            adj: sparse.Csr, knn_v: jax.Array, knn_t: jax.Array,
+            key: jax.Array | None, *, mm_image_weight: float = 0.1,
+            n_mm_layers: int = 1, n_ui_layers: int = 2,
+            noise_eps: float = 0.1, kernel: str = 'csr') -> Embeddings:
+  """Runs every encoder of `model` over the whole graph.
+
+  `key` drives the perturbed encoders' noise; it may be None for a model
+  without them.
+  """
+  enc = model.encoders
+  names = list(enc.keys())
+  by_input = {
+      'v': [n for n in names if n.startswith('v')],
+      't': [n for n in names if n.startswith('t')],
+  }
+  z = {}
+  for group, feats in (('v', feat_v), ('t', feat_t)):
+    out = item_mlps(feats, [enc[n] for n in by_input[group]])
+    z.update({n: out[:, j] for j, n in enumerate(by_input[group])})
+  z['id'] = item_mlps(model.id_feat[...], [enc['id']])[:, 0]
+
+  order = [n for n in CLEAN + PERTURBED if n in enc]
+  users = jnp.stack([enc[n].preference[...] for n in order], axis=1)
+  items = jnp.stack([z[n] for n in order], axis=1)
+  x0 = l2_normalize(jnp.concatenate([users, items], axis=0))
+  h = propagate(x0, adj, n_layers=n_ui_layers, n_clean=len(CLEAN), key=key,
+                eps=noise_eps, kernel=kernel)
+  n_users = users.shape[0]
+  u, i = h[:n_users], h[n_users:]
+  n_items, n_enc, dim = i.shape
+  flat = i.reshape(n_items, n_enc * dim)
+  smooth = sparse.knn_propagate(flat, knn_v, knn_t, k=knn_v.shape[1],
+                                image_weight=mm_image_weight,
+                                n_layers=n_mm_layers)
+  items = (flat + smooth).reshape(n_items, n_enc, dim)
+  return Embeddings(u, items, model.weight_u[...])
+
+
+def encoder_index(model: Mentor, name: str) -> int:
+  """Position of encoder `name` in the stacked `Embeddings` arrays."""
+  order = [n for n in CLEAN + PERTURBED if n in model.encoders]
+  return order.index(name)
+
+
+class Views(NamedTuple):
+  """The 128-d views of MENTOR_SPEC §1.5 (users, items)."""
+
+  fused_u: jax.Array  # R^u, used for scoring
+  fused_i: jax.Array  # R^i
+  ident_u: jax.Array  # G
+  ident_i: jax.Array
+  visual_u: jax.Array  # V
+  visual_i: jax.Array
+  textual_u: jax.Array  # T
+  textual_i: jax.Array
+
+
+def build_views(emb: Embeddings) -> Views:
+  """Concatenations of §1.5; only R^u carries the per-user weights."""
+  u, i, w = emb.users, emb.items, emb.weight_u
+  ev, et, eid = u[:, 0], u[:, 1], u[:, 2]
+  sv, st, sid = i[:, 0], i[:, 1], i[:, 2]
+  cat = lambda a, b: jnp.concatenate([a, b], axis=1)
+  return Views(
+      fused_u=cat(w[:, :1] * ev, w[:, 1:] * et), fused_i=cat(sv, st),
+      ident_u=cat(eid, eid), ident_i=cat(sid, sid),
+      visual_u=cat(ev, ev), visual_i=cat(sv, sv),
+      textual_u=cat(et, et), textual_i=cat(st, st))
+
+
+def noise_views(emb: Embeddings) -> tuple[tuple[jax.Array, jax.Array],
+                                          tuple[jax.Array, jax.Array]]:
+  """((N1^u, N1^i), (N2^u, N2^i)) from the four perturbed encoders."""
+  u, i, w = emb.users, emb.items, emb.weight_u
+  # Stacked order: v, t, id, v_n1, v_n2, t_n1, t_n2.
+  views = []
+  for v_idx, t_idx in ((3, 5), (4, 6)):
+    nu = jnp.concatenate([w[:, :1] * u[:, v_idx], w[:, 1:] * u[:, t_idx]], 1)
+    ni = jnp.concatenate([i[:, v_idx], i[:, t_idx]], 1)
+    views.append((nu, ni))
+  return tuple(views)

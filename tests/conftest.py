@@ -1,0 +1,73 @@
+"""Shared pytest fixtures: the real-data path and tiny MMRec folders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Real datasets live beside the repo: <repo>/../shared/data (read-only).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+@pytest.fixture(scope='session')
+def shared_data() -> Path:
+  """Path of the real datasets; skips the test if they are absent."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f'real datasets not found at {SHARED_DATA}')
+  return SHARED_DATA
+
+
+def write_mmrec_folder(
+    folder: Path, rows: Sequence[Sequence[object]] | None = None, *,
+    name: str | None = None,
+    columns: Sequence[str] = ('userID', 'itemID', 'x_label'),
+    feat_v: np.ndarray | None = None,
+    feat_t: np.ndarray | None = None) -> Path:
+  """Writes an MMRec folder: `<name>.inter` (TSV with header) and features.
+
+  Args:
+    folder: created if needed.
+    rows: table rows, written with str(); anything goes, so tests can plant
+      bad values. None writes no .inter file.
+    name: file stem; defaults to the folder name (what convert expects).
+    columns: header.
+    feat_v: written as image_feat.npy if given.
+    feat_t: written as text_feat.npy if given.
+
+  Returns:
+    The folder.
+  """
+  folder.mkdir(parents=True, exist_ok=True)
+  name = name or folder.name
+  if rows is not None:
+    lines = ['\t'.join(columns)] + ['\t'.join(map(str, r)) for r in rows]
+    (folder / f'{name}.inter').write_text('\n'.join(lines) + '\n')
+  if feat_v is not None:
+    np.save(folder / 'image_feat.npy', feat_v)
+  if feat_t is not None:
+    np.save(folder / 'text_feat.npy', feat_t)
+  return folder
+
+
+@pytest.fixture
+def mmrec_folder(tmp_path: Path) -> Callable[..., Path]:
+  """Factory: mmrec_folder(rows, name='toy', **kw) -> folder in tmp_path."""
+
+  def make(rows=None, name: str = 'toy', **kw) -> Path:
+    return write_mmrec_folder(tmp_path / name, rows, **kw)
+
+  return make
+
+
+@pytest.fixture(scope='session')
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+  """The seeded `tiny` synthetic preset (60 users, 40 items) as a .npz."""
+  from data_prep import convert, synthetic  # Only tests using it pay.
+  folder = tmp_path_factory.mktemp('tiny') / 'tiny'
+  synthetic.generate(synthetic.PRESETS['tiny'], folder, seed=0)
+  out = folder.parent / 'tiny.npz'
+  convert.convert(folder, out)
+  return out

@@ -1,0 +1,123 @@
+"""End-to-end training: real TikTok data, a popularity baseline, one compile."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import tiny
+from data_prep import convert as convert_lib
+from mentor_jax import data as data_lib
+from mentor_jax import metrics
+from mentor_jax import objective
+from mentor_jax import train
+
+
+@pytest.fixture(scope='module')
+def tiktok_slice(shared_data, tmp_path_factory):
+  """The first 1,200 users of the real TikTok data, prepared as .npz."""
+  src = shared_data / 'tiktok'
+  df = pd.read_csv(src / 'tiktok.inter', sep='\t')
+  df = df[df.userID < 1200]
+  n_items = int(df.itemID.max()) + 1
+  folder = tmp_path_factory.mktemp('tiktok_slice')
+  df.to_csv(folder / 'tiktok.inter', sep='\t', index=False)
+  for name in ('image_feat.npy', 'audio_feat.npy'):
+    np.save(folder / name, np.load(src / name)[:n_items])
+  out = folder / 'tiktok.npz'
+  convert_lib.convert(folder, out, name='tiktok', v_feat='image_feat.npy',
+                      t_feat='audio_feat.npy', knn_k=10)
+  return out
+
+
+def test_training_beats_popularity_on_real_tiktok(tiktok_slice, tmp_path):
+  config = tiny.get_config()
+  config.data_npz = str(tiktok_slice)
+  config.data_source = ''
+  config.train_batch_size = 1024
+  config.learning_rate = 1e-3  # Short run: a larger step than the paper's.
+  config.epochs = 12
+  config.eval_batch_size = 512
+  config.infonce_block_size = 512
+  config.valid_metric = 'recall@20'
+  result = train.train_and_evaluate(config, tmp_path)
+
+  log = [json.loads(line) for line in
+         (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert len(log) == result['epochs_run'] == 12
+  bpr = [r['loss']['bpr'] for r in log]
+  assert bpr[-1] < 0.9 * bpr[0], bpr
+  assert all(np.isfinite(r['loss']['nce_g']) for r in log)
+  assert json.loads((tmp_path / 'config.json').read_text())['seed'] == 999
+
+  dataset = data_lib.load_dataset(tiktok_slice)
+  pop = metrics.popularity_scores(dataset.arrays['train_item'],
+                                  dataset.n_items)
+  user = np.ones((dataset.n_users, 1), np.float32)
+  baseline = metrics.evaluate_embeddings(
+      user, pop[:, None], *dataset.split('valid'), *dataset.split('train'),
+      ks=(20,))
+  assert result['valid']['recall@20'] > baseline['recall@20'], (
+      result['valid'], baseline)
+
+
+def test_epoch_compiles_once(tiny_dataset, tmp_path, monkeypatch):
+  traces = []
+  real = objective.mentor_loss
+
+  def counting(*args, **kwargs):
+    traces.append(1)  # Runs only while JAX traces the step.
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(objective, 'mentor_loss', counting)
+  config = tiny.get_config()
+  config.data_npz = str(tiny_dataset)
+  config.epochs = 3
+  train.train_and_evaluate(config, tmp_path)
+  assert len(traces) == 1
+
+
+def test_same_seed_same_metrics(tiny_dataset, tmp_path):
+  config = tiny.get_config()
+  config.data_npz = str(tiny_dataset)
+  config.epochs = 2
+  a = train.train_and_evaluate(config, tmp_path / 'a')
+  b = train.train_and_evaluate(config, tmp_path / 'b')
+  assert a == b
+  config.seed = 1
+  c = train.train_and_evaluate(config, tmp_path / 'c')
+  assert c['valid'] != a['valid']
+
+
+def test_nan_loss_stops_training(tiny_dataset, tmp_path):
+  config = tiny.get_config()
+  config.data_npz = str(tiny_dataset)
+  config.learning_rate = float('nan')
+  with pytest.raises(FloatingPointError, match='NaN'):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def test_bad_valid_metric_is_rejected(tiny_dataset, tmp_path):
+  config = tiny.get_config()
+  config.data_npz = str(tiny_dataset)
+  config.valid_metric = 'recall@15'
+  with pytest.raises(ValueError, match='valid_metric'):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+  config = tiny.get_config()
+  config.data_npz = str(tmp_path / 'absent.npz')
+  config.data_source = ''
+  with pytest.raises(FileNotFoundError, match='data_prep convert'):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def test_early_stopping_rule():
+  stopper = train.EarlyStopping(patience=2)
+  seq = [0.1, 0.2, 0.2, 0.15, 0.2]
+  out = [stopper.update(v) for v in seq]
+  # Strictly better only; stop on the third consecutive miss.
+  assert out == [(True, False), (True, False), (False, False),
+                 (False, False), (False, True)]
