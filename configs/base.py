@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.t_feat_file = 'text_feat.npy'
 
   # Model (MENTOR.yaml). Two user-item layers are hard-coded upstream.
+  config.model = 'mentor'
   config.embedding_size = 64
   config.n_ui_layers = 2
   config.n_mm_layers = 1

@@ -1,4 +1,4 @@
-"""MENTOR's training objective (MENTOR_SPEC §2.6) over one batch.
+"""MENTOR's training objective (MENTOR_SPEC §2.6) and its `ModelFamily`.
 
 `Hparams` is the static, hashable set of settings that shape the compiled
 step; `mentor_loss` composes the pure losses of `losses.py` on the outputs of
@@ -15,17 +15,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mentor_jax import data as data_lib
+from mentor_jax import family
 from mentor_jax import losses
 from mentor_jax import model as model_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class Hparams:
-  """Static settings of the compiled train step (hashable for jit)."""
+class Hparams(family.TrainHparams):
+  """Static settings of MENTOR's compiled train step (hashable for jit)."""
 
-  batch_size: int = 2048
-  max_row_len: int = 1  # longest training row of a user (sampler bound)
-  learning_rate: float = 1e-4
   reg_weight: float = 1e-3
   align_weight: float = 0.1
   mask_weight_f: float = 1.5
@@ -39,14 +37,6 @@ class Hparams:
   spmm_kernel: str = 'csr'
   infonce_impl: str = 'fused'
   infonce_block_size: int = 1024
-
-  @classmethod
-  def from_config(cls, config: Any, **overrides) -> 'Hparams':
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: config[k] for k in names if k in config}
-    values['batch_size'] = config.train_batch_size
-    values.update(overrides)
-    return cls(**values)
 
 
 def run_forward(model: model_lib.Mentor, data: data_lib.DeviceData,
@@ -121,6 +111,15 @@ def score_embeddings(model: model_lib.Mentor, data: data_lib.DeviceData,
   return v.fused_u, v.fused_i
 
 
-def split_model(model: nnx.Module):
-  """(graphdef, params, rest) for a functional train state."""
-  return nnx.split(model, nnx.Param, ...)
+def create_model(config: Any, dataset: data_lib.Dataset) -> model_lib.Mentor:
+  return model_lib.Mentor(
+      dataset.n_users, dataset.n_items,
+      dataset.arrays['feat_v'].shape[1], dataset.arrays['feat_t'].shape[1],
+      perturbed=bool(config.mask_weight_g),
+      rngs=nnx.Rngs(params=config.seed))
+
+
+MENTOR = family.ModelFamily(
+    name='mentor', create_model=create_model,
+    make_hparams=Hparams.from_config, loss=mentor_loss,
+    score=score_embeddings)

@@ -32,9 +32,9 @@ from ml_collections import config_flags
 
 from mentor_jax import data as data_lib
 from mentor_jax import datasets
+from mentor_jax import family as family_lib
 from mentor_jax import metrics as metrics_lib
-from mentor_jax import model as model_lib
-from mentor_jax import objective
+from mentor_jax import registry
 from mentor_jax import sparse
 
 
@@ -47,22 +47,14 @@ class TrainState(NamedTuple):
   step: jax.Array  # int32 optimizer steps taken
 
 
-def create_model(config: ml_collections.ConfigDict,
-                 dataset: data_lib.Dataset) -> model_lib.Mentor:
-  return model_lib.Mentor(
-      dataset.n_users, dataset.n_items,
-      dataset.arrays['feat_v'].shape[1], dataset.arrays['feat_t'].shape[1],
-      perturbed=bool(config.mask_weight_g),
-      rngs=nnx.Rngs(params=config.seed))
-
-
-def create_optimizer(hp: objective.Hparams) -> optax.GradientTransformation:
+def create_optimizer(hp: family_lib.TrainHparams
+                     ) -> optax.GradientTransformation:
   # Adam with a constant learning rate: the upstream scheduler multiplies by
   # 1.0 ** (epoch / 50), and weight decay is 0.
   return optax.adam(hp.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
 
 
-def init_state(model: model_lib.Mentor, hp: objective.Hparams,
+def init_state(model: nnx.Module, hp: family_lib.TrainHparams,
                seed: int) -> tuple[nnx.GraphDef, Any, TrainState]:
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   opt_state = create_optimizer(hp).init(params)
@@ -71,29 +63,33 @@ def init_state(model: model_lib.Mentor, hp: objective.Hparams,
   return graphdef, rest, state
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'hp'),
+@functools.partial(jax.jit, static_argnames=('graphdef', 'family', 'hp'),
                    donate_argnames=('state',))
 def train_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
-                graphdef: nnx.GraphDef, hp: objective.Hparams):
-  """One epoch of MENTOR training as a single compiled program.
+                graphdef: nnx.GraphDef, family: family_lib.ModelFamily,
+                hp: family_lib.TrainHparams):
+  """One epoch of training as a single compiled program.
 
   Returns:
-    (new state, per-step loss parts {name: [n_steps]}, (R^u, R^i) of the
-    last step's forward pass, which the official code evaluates with).
+    (new state, per-step loss parts {name: [n_steps]}, (user, item)
+    embeddings of the last step's forward pass, which the official code
+    evaluates with).
   """
   key, epoch_key = jax.random.split(state.key)
-  batches = data_lib.epoch_batches(jax.random.fold_in(epoch_key, 0), data,
-                                   hp.batch_size, hp.max_row_len)
+  batch_key, setup_key, steps_key = jax.random.split(epoch_key, 3)
+  batches = data_lib.epoch_batches(batch_key, data, hp.batch_size,
+                                   hp.max_row_len)
+  data = family.epoch_setup(data, setup_key, hp)
   tx = create_optimizer(hp)
 
   def loss_fn(params, batch, step_key):
     model = nnx.merge(graphdef, params, rest)
-    return objective.mentor_loss(model, data, batch, step_key, hp)
+    return family.loss(model, data, batch, step_key, hp)
 
   def one_step(carry, xs):
     params, opt_state, _ = carry
     batch, index = xs
-    step_key = jax.random.fold_in(epoch_key, index + 1)
+    step_key = jax.random.fold_in(steps_key, index)
     (_, (parts, scores)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(params, batch, step_key)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -101,10 +97,10 @@ def train_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
     return (params, opt_state, scores), parts
 
   n_steps = batches.users.shape[0]
-  n_users = data.train_indptr.shape[0] - 1
-  n_items = data.feat_v.shape[0]
-  width = 2 * model_lib.EMBED_DIM
-  empty = (jnp.zeros((n_users, width)), jnp.zeros((n_items, width)))
+  # The carry needs the embeddings' shapes before the first step runs.
+  shapes = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(
+      lambda x: x[0], batches), steps_key)[1][1])
+  empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   (params, opt_state, scores), parts = jax.lax.scan(
       one_step, (state.params, state.opt_state, empty),
       (batches, jnp.arange(n_steps)))
@@ -112,12 +108,13 @@ def train_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
   return new_state, parts, scores
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'hp'))
+@functools.partial(jax.jit, static_argnames=('graphdef', 'family', 'hp'))
 def clean_scores(params: Any, rest: Any, data: data_lib.DeviceData, *,
-                 graphdef: nnx.GraphDef, hp: objective.Hparams):
-  """(R^u, R^i) with the current parameters (`eval_embeddings='recompute'`)."""
+                 graphdef: nnx.GraphDef, family: family_lib.ModelFamily,
+                 hp: family_lib.TrainHparams):
+  """(user, item) embeddings with the current parameters."""
   model = nnx.merge(graphdef, params, rest)
-  return objective.score_embeddings(model, data, hp)
+  return family.score(model, data, hp)
 
 
 class Evaluator:
@@ -192,11 +189,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                  for k in config.topk}:
     raise ValueError(f'config.valid_metric={config.valid_metric!r}: expected '
                      f'recall@K or ndcg@K with K in {tuple(config.topk)}')
-  hp = objective.Hparams.from_config(
+  family = registry.get(config.model)
+  hp = family.make_hparams(
       config, spmm_kernel=resolve_kernel(config.spmm_kernel),
       max_row_len=data_lib.max_row_length(dataset.split('train')[0]))
   data = data_lib.to_device(dataset, config.knn_k)
-  model = create_model(config, dataset)
+  model = family.create_model(config, dataset)
   graphdef, rest, state = init_state(model, hp, config.seed)
   del model
   evaluator = Evaluator(dataset, config)
@@ -213,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   for epoch in range(config.epochs):
     t0 = time.perf_counter()
     state, parts, scores = train_epoch(state, rest, data, graphdef=graphdef,
-                                       hp=hp)
+                                       family=family, hp=hp)
     parts = jax.device_get(parts)
     train_time = time.perf_counter() - t0
     losses = {k: float(np.mean(v)) for k, v in parts.items()}
@@ -224,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           'stopped (the official trainer stops on a NaN loss as well).')
     if config.eval_embeddings == 'recompute':
       scores = clean_scores(state.params, rest, data, graphdef=graphdef,
-                            hp=hp)
+                            family=family, hp=hp)
     t1 = time.perf_counter()
     result = evaluator(*scores)
     eval_time = time.perf_counter() - t1

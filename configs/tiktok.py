@@ -1,0 +1,28 @@
+"""MENTOR on the real TikTok data in ../shared/data/tiktok.
+
+  python -m mentor_jax.train --config configs/tiktok.py --workdir runs/tiktok
+
+9,308 users, 6,710 items; real 128-d visual and 128-d acoustic features. The
+acoustic features fill MENTOR's second ("textual") modality slot, since the
+text features are not in the stored copy (../shared/data/tiktok/README.md).
+The official hyper-parameters (first cell of the shipped grid: lambda_g=1e-4,
+tau=0.2, seed 999). The folder is converted to data/tiktok.npz on first use;
+point --config.data_source elsewhere for another copy.
+"""
+
+import pathlib
+
+from configs import base
+
+SHARED_TIKTOK = pathlib.Path(__file__).resolve().parents[1].parent / (
+    'shared/data/tiktok')
+
+
+def get_config():
+  config = base.get_config()
+  config.dataset = 'tiktok'
+  config.data_npz = 'data/tiktok.npz'
+  config.data_source = str(SHARED_TIKTOK)
+  config.v_feat_file = 'image_feat.npy'
+  config.t_feat_file = 'audio_feat.npy'
+  return config
