@@ -12,13 +12,17 @@ Variants run interleaved in rounds, because shared CPUs drift. Example:
 """
 
 import argparse
+import pathlib
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mentor_jax import sparse
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench import common  # pylint: disable=g-import-not-at-top
+from mentor_jax import sparse  # pylint: disable=g-import-not-at-top
 
 # name -> (kernel, spmm keyword arguments); 'csr_at' passes an explicit Aᵀ,
 # the general (non-symmetric) form, to show what it costs.
@@ -99,8 +103,8 @@ def main() -> None:
     if name not in VARIANTS:
       parser.error(f'unknown kernel {name!r}; choose from {list(VARIANTS)}')
 
-  print(f'jax {jax.__version__}  backend {jax.default_backend()}  '
-        f'devices {jax.devices()}')
+  # Device, versions, CPU count and load average (the CPU may be shared).
+  common.print_environment()
   t0 = time.perf_counter()
   indptr, indices, values = build_graph(args.users, args.items, args.pairs)
   a = sparse.csr_from_numpy(indptr, indices, values)
@@ -156,6 +160,7 @@ def main() -> None:
       p10, p50, p90 = np.percentile(times[name, mode], [10, 50, 90])
       cells.append(f'{p50:8.1f} [{p10:6.1f}, {p90:6.1f}]')
     print(f'{name:<20} {compile_s[name]:>13.2f} {cells[0]:>24} {cells[1]:>24}')
+  print(f'# load average after: {common.load_average()[0]:.2f}')
 
 
 if __name__ == '__main__':

@@ -4,19 +4,14 @@
   python -m mentor_jax.train --config configs/sports.py --workdir runs/sports
 
 DATA/sports is the MMRec-format folder (sports.inter, image_feat.npy,
-text_feat.npy) from the MMRec or MENTOR Google Drive folder (README). Paper
-(Table 2, MENTOR row): see ../shared/docs/MENTOR_SPEC.md §9.1. The shipped
-grid is mask_weight_g in {1e-4, 1e-3} x temp in {0.2, 0.4, 0.6}; this config
-is its first cell (override with --config.mask_weight_g=... --config.temp=...).
+text_feat.npy) from the MMRec or MENTOR Google Drive folder (README). The
+paper's MENTOR row is in ../shared/docs/MENTOR_SPEC.md §9.1. The shipped grid
+is mask_weight_g in {1e-4, 1e-3} x temp in {0.2, 0.4, 0.6}; this config is
+its first cell (override with --config.mask_weight_g=... --config.temp=...).
 """
 
 from configs import base
 
 
 def get_config():
-  config = base.get_config()
-  config.dataset = 'sports'
-  config.data_npz = 'data/sports.npz'
-  # Set to the downloaded folder to convert it on first use.
-  config.data_source = ''
-  return config
+  return base.amazon_config('sports')

@@ -2,7 +2,7 @@
 
 Same users, items and interactions as the real dataset (MENTOR_SPEC §1.1),
 4096-d visual and 384-d text features with planted signal; built on first
-use. For speed and memory benchmarks; its metrics mean nothing for the paper.
+use. For speed and memory benchmarks; its metrics say nothing about the paper.
 
   python -m mentor_jax.train --config configs/synth_clothing.py
 """
@@ -11,8 +11,4 @@ from configs import base
 
 
 def get_config():
-  config = base.get_config()
-  config.dataset = 'synth_clothing'
-  config.data_npz = 'data/synth_clothing.npz'
-  config.data_source = 'synth:clothing'
-  return config
+  return base.amazon_config('clothing', synthetic=True)

@@ -107,6 +107,33 @@ def l2_reg(
   return reg_weight * (pref + jnp.mean(jnp.square(weight_u)))
 
 
+def l2_reg_norm(
+    pref_v_rows: Array,
+    pref_t_rows: Array,
+    reg_weight: float | Array,
+    mask: Array | None = None,
+) -> Array:
+  """The paper's L2 term, lambda_E (||E_v||^2 + ||E_t||^2) (Eq. 24).
+
+  Read as the batch users' raw preference rows (the same tensors the code
+  regularizes), squared L2 norm per row, averaged over the batch rows (the
+  batch-mean convention the BPR term also follows); `weight_u` is not
+  regularized. It is d = 64 times the two preference terms of `l2_reg`.
+
+  Args:
+    pref_v_rows: [B, d] visual preference rows of the batch users.
+    pref_t_rows: [B, d] textual preference rows.
+    reg_weight: lambda_E.
+    mask: optional [B] 0/1 row weights (padding rows excluded).
+
+  Returns:
+    Scalar loss.
+  """
+  sq = (jnp.sum(jnp.square(pref_v_rows), axis=-1)
+        + jnp.sum(jnp.square(pref_t_rows), axis=-1))
+  return reg_weight * _masked_mean(sq, mask)
+
+
 # ---------------------------------------------------------------------------
 # Alignment.
 
@@ -151,6 +178,12 @@ _ALIGN_LEVELS: dict[int, tuple[tuple[str, str], ...]] = {
     3: (('r', 'v'), ('r', 't')),
     4: (('v', 't'),),
 }
+
+# The paper's levels (Eq. 9-16, Fig. 3) in terms of the code's grouping above:
+# L1 standard alignment (v, t); L2 ID indirect guidance (id, v), (id, t);
+# L3 ID direct guidance (f, v), (f, t), (f, id). Config `align_levels` uses
+# this numbering.
+PAPER_ALIGN_LEVELS: dict[int, tuple[int, ...]] = {1: (4,), 2: (2,), 3: (1, 3)}
 
 
 def align_loss(
@@ -362,12 +395,7 @@ def _block_lse(a_blk: Array, b_hat: Array, temp: Array,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _info_nce_core(a_hat: Array, b_hat: Array, temp: Array,
                    block: int, precision: PrecisionLike) -> Array:
-  """Blockwise InfoNCE on normalized rows (value only; see `_core_fwd`)."""
-  loss, _ = _core_fwd(a_hat, b_hat, temp, block, precision)
-  return loss
-
-
-def _core_fwd(a_hat, b_hat, temp, block, precision):
+  """Blockwise InfoNCE on normalized rows: the value alone (one matmul)."""
   n = a_hat.shape[0]
   a_blocks, _ = _row_blocks(a_hat, block)
 
@@ -379,47 +407,61 @@ def _core_fwd(a_hat, b_hat, temp, block, precision):
   lse = jax.lax.map(one_block, a_blocks).reshape(-1)[:n]
   # The positive logit from a row-wise dot: O(n d), no diagonal extraction.
   pos = jnp.sum(a_hat * b_hat, axis=-1) / temp
-  loss = jnp.mean(lse - pos)
-  # Residuals: the inputs and the n per-row logsumexps; the logits are
-  # recomputed in the backward pass instead of being stored.
-  return loss, (a_hat, b_hat, temp, lse)
+  return jnp.mean(lse - pos)
 
 
-def _core_bwd(block, precision, res, g):
-  a_hat, b_hat, temp, lse = res
+def _core_fwd(a_hat, b_hat, temp, block, precision):
+  """Value and gradient in one sweep over the row blocks.
+
+  A row block of the logits holds complete rows, so its softmax P is known
+  as soon as the block is computed: the gradient tiles are formed right
+  there, and the logits are never recomputed. That is 3 matmuls per tile
+  (logits, P B, P^T A) instead of 4 for a forward pass that stores only the
+  logsumexp and a backward pass that recomputes the logits. The residuals
+  are the finished gradients, O(n d).
+
+  With P = softmax(logits) row-wise and logits = A B^T / tau:
+    dL/dlogits = (P - I) / n
+    dA = (P B - B) / (n tau),  dB = (P^T A - A) / (n tau),
+    dtau = -(sum(P * logits) - sum(diag logits)) / (n tau).
+  The "- I" parts are O(n d) and done outside the loop.
+  """
   n, d = a_hat.shape
   a_blocks, valid = _row_blocks(a_hat, block)
-  lse_blocks = jnp.pad(lse, (0, valid.size - n)).reshape(valid.shape)
-  scale = g / (n * temp)
 
-  # With P = softmax(logits) row-wise and logits = A B^T / tau:
-  #   dL/dlogits = (P - I) / n
-  #   dA = (P B - B) / (n tau),  dB = (P^T A - A) / (n tau),
-  #   dtau = -(sum(P * logits) - sum(diag logits)) / (n tau).
-  # The "- I" parts are O(n d) and done outside the loop; the P parts are
-  # accumulated tile by tile (dB in the scan carry).
   def step(carry, xs):
     db_acc, pl_acc = carry
-    a_blk, lse_blk, valid_blk = xs
+    a_blk, valid_blk = xs
     logits = jnp.matmul(a_blk, b_hat.T, precision=precision) / temp
-    p = jnp.exp(logits - lse_blk[:, None])
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    e = jnp.exp(logits - m)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    lse = m[:, 0] + jnp.log(total[:, 0])
     # Padded rows of A are not rows of the loss: zero their probabilities.
     # (Being zero vectors they would add nothing to dB or dtau anyway; the
     # mask keeps that true whatever the padding value.)
-    p = jnp.where(valid_blk[:, None], p, 0.0)
+    p = jnp.where(valid_blk[:, None], e * (1.0 / total), 0.0)
     da_blk = jnp.matmul(p, b_hat, precision=precision)
     db_acc = db_acc + jnp.matmul(p.T, a_blk, precision=precision)
     pl_acc = pl_acc + jnp.sum(p * logits)
-    return (db_acc, pl_acc), da_blk
+    return (db_acc, pl_acc), (lse, da_blk)
 
-  init = (jnp.zeros_like(b_hat), jnp.zeros((), dtype=lse.dtype))
-  (pb, pl), pa = jax.lax.scan(step, init, (a_blocks, lse_blocks, valid))
-  pa = pa.reshape(-1, d)[:n]
-  da = scale * (pa - b_hat)
+  init = (jnp.zeros_like(b_hat), jnp.zeros((), dtype=a_hat.dtype))
+  (pb, pl), (lse, pa) = jax.lax.scan(step, init, (a_blocks, valid))
+  lse = lse.reshape(-1)[:n]
+  pos = jnp.sum(a_hat * b_hat, axis=-1) / temp
+  loss = jnp.mean(lse - pos)
+  scale = 1.0 / (n * temp)
+  da = scale * (pa.reshape(-1, d)[:n] - b_hat)
   db = scale * (pb - a_hat)
-  diag = jnp.sum(a_hat * b_hat) / temp
-  dtemp = -scale * (pl - diag)
-  return da, db, jnp.asarray(dtemp, dtype=temp.dtype).reshape(temp.shape)
+  dtemp = -scale * (pl - jnp.sum(pos))
+  return loss, (da, db, jnp.reshape(dtemp, temp.shape).astype(temp.dtype))
+
+
+def _core_bwd(block, precision, res, g):
+  del block, precision
+  da, db, dtemp = res
+  return g * da, g * db, g * dtemp
 
 
 _info_nce_core.defvjp(_core_fwd, _core_bwd)
@@ -436,10 +478,10 @@ def info_nce_fused(
   """InfoNCE with the same value as `info_nce`, never forming n x n.
 
   The rows of `a` are processed in blocks of `block_size` (padded and masked
-  to a multiple, so any n works). Forward keeps only the per-row logsumexp;
-  the `custom_vjp` backward recomputes each [block, n] logits tile and
-  accumulates dA (per block) and dB (in the scan carry). Peak extra memory is
-  O(block_size * n + n * d) in both passes, like a flash-attention logsumexp.
+  to a multiple, so any n works). Under differentiation one sweep over the
+  [block, n] logits tiles computes the value and the gradients together
+  (`_core_fwd`): dA per block, dB in the scan carry. Peak extra memory is
+  O(block_size * n + n * d), like a flash-attention logsumexp.
 
   The row normalization is applied outside the custom-VJP core, so autodiff
   differentiates F.normalize correctly. `temp` is an ordinary traced

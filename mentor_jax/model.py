@@ -34,6 +34,14 @@ HIDDEN_DIM = 256  # Width of the item MLP's hidden layer (`GCN.MLP`).
 # light variant (no graph perturbation) is a prefix.
 CLEAN = ('v', 't', 'id')
 PERTURBED = ('v_n1', 'v_n2', 't_n1', 't_n2')
+# With the paper's graph perturbation (Eq. 18-20) the perturbed views are two
+# extra passes of the model's own encoders, stacked in the same slots as
+# PERTURBED so that `noise_views` reads both layouts.
+OWN_PERTURBED = ('v', 'v', 't', 't')
+
+FUSIONS = ('per_user', 'alpha')
+NOISES = ('simgcl', 'uniform')
+MM_AGGREGATIONS = ('power', 'sum')
 
 
 def _torch_linear_init(fan_in: int):
@@ -74,12 +82,19 @@ class Mentor(nnx.Module):
     n_users, n_items: graph sizes.
     dim_v, dim_t: raw feature widths of the two modalities.
     perturbed: create the four noise encoders (False for the light model,
-      MENTOR_g / MENTOR_fg, which never computes them).
+      MENTOR_g / MENTOR_fg, which never computes them, and for the paper's
+      graph perturbation, which perturbs the model's own v and t encoders).
+    fusion: 'per_user' (code: a U x 2 table `weight_u` weights the user
+      side) or 'alpha' (paper Eq. 7: one trainable scalar `alpha`, init 0.5,
+      weighting users and items; `weight_u` is then not created).
     rngs: NNX random streams.
   """
 
   def __init__(self, n_users: int, n_items: int, dim_v: int, dim_t: int, *,
-               perturbed: bool = True, rngs: nnx.Rngs):
+               perturbed: bool = True, fusion: str = 'per_user',
+               rngs: nnx.Rngs):
+    if fusion not in FUSIONS:
+      raise ValueError(f'fusion must be one of {FUSIONS}, got {fusion!r}')
     self.n_users = n_users
     self.n_items = n_items
     in_dims = {'v': dim_v, 't': dim_t, 'id': EMBED_DIM,
@@ -91,8 +106,14 @@ class Mentor(nnx.Module):
                                             (n_items, EMBED_DIM)))
     # Per-user modality weights: softmax over the two modalities once, at
     # init; afterwards a free parameter (no softmax in the forward pass).
+    # Drawn in both fusion modes so that every other parameter gets the same
+    # initial value whichever fusion is chosen.
     raw = _xavier_normal(rngs.params(), (n_users, 2))
-    self.weight_u = nnx.Param(jax.nn.softmax(raw, axis=1))
+    if fusion == 'alpha':
+      # Unconstrained, as in the paper (no sigmoid): alpha and 1 - alpha.
+      self.alpha = nnx.Param(jnp.asarray(0.5, jnp.float32))
+    else:
+      self.weight_u = nnx.Param(jax.nn.softmax(raw, axis=1))
     # The feature-masking predictor (`mlp`, 128 -> 128). Under the official
     # semantics it only feeds a loss computed without gradient.
     init = _torch_linear_init(2 * EMBED_DIM)
@@ -132,9 +153,23 @@ def perturb(h: jax.Array, key: jax.Array, eps: float) -> jax.Array:
   return h + eps * jnp.sign(h) * noise
 
 
+def perturb_uniform(h: jax.Array, key: jax.Array, eps: float) -> jax.Array:
+  """Paper Eq. 18-19: h + eps * Delta, Delta ~ U(0, 1) per node and entry.
+
+  The paper adds U(0, 1) noise unscaled (eps = 1, what configs/paper.py
+  sets) and neither sign-aligns nor normalizes it. A fresh vector per node:
+  one vector shared by all nodes would be a constant shift (see
+  docs/paper_vs_code.md).
+  """
+  return h + eps * jax.random.uniform(key, h.shape, h.dtype)
+
+
+_NOISE_FNS = {'simgcl': perturb, 'uniform': perturb_uniform}
+
+
 def propagate(x0: jax.Array, adj: sparse.Csr, *, n_layers: int,
               n_clean: int, key: jax.Array | None, eps: float,
-              kernel: str) -> jax.Array:
+              kernel: str, noise: str = 'simgcl') -> jax.Array:
   """Sum of layers 0..L of A-hat propagation for stacked encoders.
 
   Args:
@@ -146,17 +181,20 @@ def propagate(x0: jax.Array, adj: sparse.Csr, *, n_layers: int,
     key: randomness for the noise (fresh per layer); unused if all are clean.
     eps: noise norm (0.1 upstream).
     kernel: sparse kernel name, see `sparse.spmm`.
+    noise: 'simgcl' (`perturb`, the code) or 'uniform' (`perturb_uniform`,
+      paper Eq. 18-19).
 
   Returns:
     [N, n_encoders, 64].
   """
+  noise_fn = _NOISE_FNS[noise]
   n, n_enc, dim = x0.shape
   h, total = x0, x0
   for layer in range(n_layers):
     h = sparse.spmm(adj, h.reshape(n, n_enc * dim),
                     kernel=kernel).reshape(n, n_enc, dim)
     if n_clean < n_enc:
-      noisy = perturb(h[:, n_clean:], jax.random.fold_in(key, layer), eps)
+      noisy = noise_fn(h[:, n_clean:], jax.random.fold_in(key, layer), eps)
       h = jnp.concatenate([h[:, :n_clean], noisy], axis=1)
     total = total + h
   return total
@@ -167,20 +205,57 @@ class Embeddings(NamedTuple):
 
   users: jax.Array  # [U, n_encoders, 64]
   items: jax.Array  # [I, n_encoders, 64], already x + S x
-  weight_u: jax.Array  # [U, 2]
+  weight_u: jax.Array  # [U, 2], or [1, 2] = [alpha, 1 - alpha]
+  # Item-side modality weights: None (code: unweighted) or [1, 2] (paper
+  # Eq. 7 weights items by alpha too).
+  weight_i: jax.Array | None = None
+
+
+def item_graph(x: jax.Array, knn_v: jax.Array, knn_t: jax.Array, *,
+               image_weight: float, n_layers: int,
+               aggregation: str = 'power') -> jax.Array:
+  """What the item-item graph adds to the UI output x (Eq. 5-6).
+
+  'power' (the code, and the paper's text, which adds the last layer's
+  A^(L)): S^L x. 'sum': sum_{l=1..L} S^l x, the LATTICE-style reading.
+  Equal for L = 1.
+  """
+  if aggregation not in MM_AGGREGATIONS:
+    raise ValueError(f'mm_aggregation must be one of {MM_AGGREGATIONS}, '
+                     f'got {aggregation!r}')
+  kw = dict(k=knn_v.shape[1], image_weight=image_weight)
+  if aggregation == 'power':
+    return sparse.knn_propagate(x, knn_v, knn_t, n_layers=n_layers, **kw)
+  total, h = jnp.zeros_like(x), x
+  for _ in range(n_layers):
+    h = sparse.knn_propagate(h, knn_v, knn_t, n_layers=1, **kw)
+    total = total + h
+  return total
 
 
 def forward(model: Mentor, feat_v: jax.Array, feat_t: jax.Array,
             adj: sparse.Csr, knn_v: jax.Array, knn_t: jax.Array,
             key: jax.Array | None, *, mm_image_weight: float = 0.1,
             n_mm_layers: int = 1, n_ui_layers: int = 2,
-            noise_eps: float = 0.1, kernel: str = 'csr') -> Embeddings:
+            noise_eps: float = 0.1, kernel: str = 'csr',
+            perturb_own: bool = False, noise: str = 'simgcl',
+            mm_aggregation: str = 'power') -> Embeddings:
   """Runs every encoder of `model` over the whole graph.
 
   `key` drives the perturbed encoders' noise; it may be None for a model
   without them.
+
+  With `perturb_own` (paper Eq. 18-20; the model must have no separate
+  noise encoders) the v and t encoders each run two more perturbed passes,
+  stacked as OWN_PERTURBED: their item MLP outputs and preference tables
+  are shared with the clean pass, so the InfoNCE trains them directly.
+  `noise` picks the noise (see `propagate`); `mm_aggregation` the
+  item-item aggregation (see `item_graph`).
   """
   enc = model.encoders
+  if perturb_own and model.perturbed:
+    raise ValueError('perturb_own needs a model without separate noise '
+                     'encoders (Mentor(..., perturbed=False))')
   names = list(enc.keys())
   by_input = {
       'v': [n for n in names if n.startswith('v')],
@@ -193,19 +268,24 @@ def forward(model: Mentor, feat_v: jax.Array, feat_t: jax.Array,
   z['id'] = item_mlps(model.id_feat[...], [enc['id']])[:, 0]
 
   order = [n for n in CLEAN + PERTURBED if n in enc]
+  if perturb_own:
+    order += list(OWN_PERTURBED)
   users = jnp.stack([enc[n].preference[...] for n in order], axis=1)
   items = jnp.stack([z[n] for n in order], axis=1)
   x0 = l2_normalize(jnp.concatenate([users, items], axis=0))
   h = propagate(x0, adj, n_layers=n_ui_layers, n_clean=len(CLEAN), key=key,
-                eps=noise_eps, kernel=kernel)
+                eps=noise_eps, kernel=kernel, noise=noise)
   n_users = users.shape[0]
   u, i = h[:n_users], h[n_users:]
   n_items, n_enc, dim = i.shape
   flat = i.reshape(n_items, n_enc * dim)
-  smooth = sparse.knn_propagate(flat, knn_v, knn_t, k=knn_v.shape[1],
-                                image_weight=mm_image_weight,
-                                n_layers=n_mm_layers)
+  smooth = item_graph(flat, knn_v, knn_t, image_weight=mm_image_weight,
+                      n_layers=n_mm_layers, aggregation=mm_aggregation)
   items = (flat + smooth).reshape(n_items, n_enc, dim)
+  if 'alpha' in vars(model):
+    alpha = model.alpha[...]
+    w = jnp.stack([alpha, 1.0 - alpha]).reshape(1, 2)
+    return Embeddings(u, items, w, w)
   return Embeddings(u, items, model.weight_u[...])
 
 
@@ -229,13 +309,18 @@ class Views(NamedTuple):
 
 
 def build_views(emb: Embeddings) -> Views:
-  """Concatenations of §1.5; only R^u carries the per-user weights."""
+  """Concatenations of §1.5; only R^u carries the per-user weights.
+
+  (R^i is weighted too when `emb.weight_i` is set: paper Eq. 7's alpha.)
+  """
   u, i, w = emb.users, emb.items, emb.weight_u
   ev, et, eid = u[:, 0], u[:, 1], u[:, 2]
   sv, st, sid = i[:, 0], i[:, 1], i[:, 2]
   cat = lambda a, b: jnp.concatenate([a, b], axis=1)
+  wi = emb.weight_i
+  fused_i = cat(sv, st) if wi is None else cat(wi[:, :1] * sv, wi[:, 1:] * st)
   return Views(
-      fused_u=cat(w[:, :1] * ev, w[:, 1:] * et), fused_i=cat(sv, st),
+      fused_u=cat(w[:, :1] * ev, w[:, 1:] * et), fused_i=fused_i,
       ident_u=cat(eid, eid), ident_i=cat(sid, sid),
       visual_u=cat(ev, ev), visual_i=cat(sv, sv),
       textual_u=cat(et, et), textual_i=cat(st, st))
@@ -245,10 +330,27 @@ def noise_views(emb: Embeddings) -> tuple[tuple[jax.Array, jax.Array],
                                           tuple[jax.Array, jax.Array]]:
   """((N1^u, N1^i), (N2^u, N2^i)) from the four perturbed encoders."""
   u, i, w = emb.users, emb.items, emb.weight_u
+  wi = emb.weight_i
   # Stacked order: v, t, id, v_n1, v_n2, t_n1, t_n2.
   views = []
   for v_idx, t_idx in ((3, 5), (4, 6)):
     nu = jnp.concatenate([w[:, :1] * u[:, v_idx], w[:, 1:] * u[:, t_idx]], 1)
-    ni = jnp.concatenate([i[:, v_idx], i[:, t_idx]], 1)
+    if wi is None:
+      ni = jnp.concatenate([i[:, v_idx], i[:, t_idx]], 1)
+    else:
+      ni = jnp.concatenate([wi[:, :1] * i[:, v_idx], wi[:, 1:] * i[:, t_idx]],
+                           1)
     views.append((nu, ni))
   return tuple(views)
+
+
+def modality_noise_views(emb: Embeddings) -> tuple[tuple[jax.Array,
+                                                          jax.Array], ...]:
+  """Paper Eq. 21's view pairs, one modality at a time (64-d, unweighted).
+
+  Returns:
+    ((V1^u, V2^u), (V1^i, V2^i), (T1^u, T2^u), (T1^i, T2^i)).
+  """
+  u, i = emb.users, emb.items
+  return ((u[:, 3], u[:, 4]), (i[:, 3], i[:, 4]),
+          (u[:, 5], u[:, 6]), (i[:, 5], i[:, 6]))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mentor_jax import data as data_lib
+from mentor_jax import distributed
 from mentor_jax import family
 from mentor_jax import losses
 from mentor_jax import model as model_lib
@@ -37,15 +38,97 @@ class Hparams(family.TrainHparams):
   spmm_kernel: str = 'csr'
   infonce_impl: str = 'fused'
   infonce_block_size: int = 1024
+  infonce_scope: str = 'all'  # Scale-out (distributed.py): 'all' | 'batch'.
+  # Code-vs-paper switches (configs/base.py, docs/paper_vs_code.md); the
+  # defaults are the official code.
+  fusion: str = 'per_user'
+  align_stats: str = 'global'
+  align_dispersion: str = 'variance'
+  align_levels: tuple[int, ...] = (1, 2, 3)
+  feature_mask: str = 'logged'
+  perturbation: str = 'separate_encoders'
+  noise: str = 'simgcl'
+  nce_views: str = 'fused'
+  mm_aggregation: str = 'power'
+  bpr_log_base: float = 2.0
+  reg_form: str = 'code'
+
+  def __post_init__(self):
+    # ml_collections hands sequences over as lists or tuples; the jit cache
+    # needs a hashable value.
+    object.__setattr__(self, 'align_levels', tuple(self.align_levels))
+    validate_switches(self)
+
+
+# Allowed values of each string switch; the first is the official code's.
+SWITCHES: dict[str, tuple[str, ...]] = {
+    'fusion': model_lib.FUSIONS,
+    'align_stats': ('global', 'per_node'),
+    'align_dispersion': ('variance', 'std'),
+    'feature_mask': ('logged', 'gradient'),
+    'perturbation': ('separate_encoders', 'own_encoders'),
+    'noise': model_lib.NOISES,
+    'nce_views': ('fused', 'per_modality'),
+    'mm_aggregation': model_lib.MM_AGGREGATIONS,
+    'reg_form': ('code', 'paper'),
+}
+
+
+def validate_switches(config: Any) -> None:
+  """Raises ValueError naming the config key and its allowed values.
+
+  Args:
+    config: a ConfigDict or an `Hparams`; keys it lacks are skipped.
+  """
+  get = (config.get if hasattr(config, 'get')
+         else lambda k, d=None: getattr(config, k, d))
+  for key, allowed in SWITCHES.items():
+    value = get(key, None)
+    if value is not None and value not in allowed:
+      raise ValueError(f'config.{key}={value!r}: allowed values are '
+                       f'{allowed}')
+  levels = get('align_levels', None)
+  if levels is not None:
+    bad = [lv for lv in levels if lv not in losses.PAPER_ALIGN_LEVELS]
+    if bad or len(set(levels)) != len(tuple(levels)):
+      raise ValueError(f'config.align_levels={tuple(levels)!r}: allowed '
+                       'values are distinct levels from (1, 2, 3) (paper '
+                       'numbering; () disables alignment)')
+  base = get('bpr_log_base', None)
+  if base is not None and not (base > 0 and base != 1):
+    raise ValueError(f'config.bpr_log_base={base!r}: allowed values are '
+                     'positive numbers other than 1 (2.0 code, e = paper)')
+  knn_k = get('knn_k', None)
+  if knn_k is not None and knn_k < 1:
+    raise ValueError(f'config.knn_k={knn_k!r}: allowed values are >= 1 '
+                     '(at most the neighbours stored in the .npz)')
+  for key in ('n_mm_layers',):
+    value = get(key, None)
+    if value is not None and value < 0:
+      raise ValueError(f'config.{key}={value!r}: allowed values are >= 0')
 
 
 def run_forward(model: model_lib.Mentor, data: data_lib.DeviceData,
-                key: jax.Array | None, hp: Hparams) -> model_lib.Embeddings:
+                key: jax.Array | None, hp: Hparams,
+                perturbed: bool = True) -> model_lib.Embeddings:
+  """`model.forward` with `hp`'s settings.
+
+  `perturbed=False` skips the paper-style perturbed passes of the own
+  encoders (scoring does not need them); separate noise encoders, if the
+  model has them, run regardless.
+  """
   return model_lib.forward(
       model, data.feat_v, data.feat_t, data.adj, data.knn_v, data.knn_t, key,
       mm_image_weight=hp.mm_image_weight, n_mm_layers=hp.n_mm_layers,
       n_ui_layers=hp.n_ui_layers, noise_eps=hp.noise_eps,
-      kernel=hp.spmm_kernel)
+      kernel=hp.spmm_kernel,
+      perturb_own=perturbed and perturbs_own_encoders(hp),
+      noise=hp.noise, mm_aggregation=hp.mm_aggregation)
+
+
+def perturbs_own_encoders(hp: Hparams) -> bool:
+  """Whether the loss runs the paper's perturbed passes (Eq. 18-20)."""
+  return hp.perturbation == 'own_encoders' and bool(hp.mask_weight_g)
 
 
 def _stack(u: jax.Array, i: jax.Array) -> jax.Array:
@@ -70,52 +153,95 @@ def mentor_loss(model: model_lib.Mentor, data: data_lib.DeviceData,
   user = v.fused_u[u]
   pos = jnp.sum(user * v.fused_i[p], axis=-1)
   neg = jnp.sum(user * v.fused_i[n], axis=-1)
-  bpr = losses.bpr_loss(pos, neg, mask)
+  bpr = losses.bpr_loss(pos, neg, mask, log_base=hp.bpr_log_base)
 
-  reg = losses.l2_reg(model.encoders['v'].preference[...][u],
-                      model.encoders['t'].preference[...][u],
-                      emb.weight_u, hp.reg_weight, mask)
+  pref_v = model.encoders['v'].preference[...][u]
+  pref_t = model.encoders['t'].preference[...][u]
+  if hp.reg_form == 'paper':
+    reg = losses.l2_reg_norm(pref_v, pref_t, hp.reg_weight, mask)
+  else:
+    reg = losses.l2_reg(pref_v, pref_t, emb.weight_u, hp.reg_weight, mask)
+  parts = {'bpr': bpr, 'reg': reg}
 
-  align = hp.align_weight * losses.align_loss(
-      _stack(v.fused_u, v.fused_i), _stack(v.ident_u, v.ident_i),
-      _stack(v.visual_u, v.visual_i), _stack(v.textual_u, v.textual_i))
+  # MENTOR_base (no levels or no weight) skips the term altogether.
+  if hp.align_weight and hp.align_levels:
+    levels = sorted(c for lv in hp.align_levels
+                    for c in losses.PAPER_ALIGN_LEVELS[lv])
+    parts['align'] = hp.align_weight * losses.align_loss(
+        _stack(v.fused_u, v.fused_i), _stack(v.ident_u, v.ident_i),
+        _stack(v.visual_u, v.visual_i), _stack(v.textual_u, v.textual_i),
+        levels=levels, stats=hp.align_stats, dispersion=hp.align_dispersion)
 
-  # Feature masking: computed under no_grad upstream, so it is logged with
-  # zero gradient (MENTOR_SPEC §2.4).
-  fu, fi = jax.lax.stop_gradient((v.fused_u, v.fused_i))
+  if hp.mask_weight_f:
+    parts['mask_f'] = hp.mask_weight_f * _feature_mask(model, v, drop_key,
+                                                        hp)
+
+  if hp.mask_weight_g and (model.perturbed or perturbs_own_encoders(hp)):
+    # Scale-out (distributed.py): 'sharded' impl and 'batch' scope.
+    nce = lambda a, b, ids: distributed.info_nce(
+        a, b, hp.temp, impl=hp.infonce_impl, block_size=hp.infonce_block_size,
+        scope=hp.infonce_scope, ids=ids, mask=mask)
+    if hp.nce_views == 'per_modality':
+      # Eq. 21: L_gv + L_gt, each over users and items, on 64-d views.
+      vu, vi, tu, ti = model_lib.modality_noise_views(emb)
+      parts['nce_g'] = hp.mask_weight_g * (
+          nce(*vu, u) + nce(*vi, p) + nce(*tu, u) + nce(*ti, p))
+    else:
+      (n1u, n1i), (n2u, n2i) = model_lib.noise_views(emb)
+      parts['nce_g'] = hp.mask_weight_g * (nce(n1u, n2u, u)
+                                           + nce(n1i, n2i, p))
+  total = sum(parts.values())
+  return total, (parts, (v.fused_u, v.fused_i))
+
+
+def _feature_mask(model: model_lib.Mentor, v: model_lib.Views,
+                  key: jax.Array, hp: Hparams) -> jax.Array:
+  """The feature-masking loss (Eq. 17), unweighted.
+
+  'logged' (code): computed under no_grad upstream, so it is logged with zero
+  gradient (MENTOR_SPEC §2.4). 'gradient' (paper): the dropout view is the
+  stop-gradient target, as the paper says ("we place stop-gradient on
+  E_u-dot and E_i-dot", the dropped views); the MLP view keeps its gradient,
+  which trains the MLP and, through R, the encoders and the fusion weights.
+  """
   keep = 1.0 - hp.dropout
-  ku, ki = jax.random.split(drop_key)
+  ku, ki = jax.random.split(key)
   drop = lambda k, x: jnp.where(jax.random.bernoulli(k, keep, x.shape),
                                 x / keep, 0.0)
   mlp = lambda x: x @ model.mask_w[...] + model.mask_b[...]
-  mask_f = hp.mask_weight_f * jax.lax.stop_gradient(
+  if hp.feature_mask == 'gradient':
+    fu, fi = v.fused_u, v.fused_i
+    du, di = jax.lax.stop_gradient((drop(ku, fu), drop(ki, fi)))
+    return losses.feature_mask_loss(fu, fi, du, di, mlp(fu), mlp(fi),
+                                    stop_gradient=False)
+  fu, fi = jax.lax.stop_gradient((v.fused_u, v.fused_i))
+  return jax.lax.stop_gradient(
       losses.feature_mask_loss(fu, fi, drop(ku, fu), drop(ki, fi),
                                jax.lax.stop_gradient(mlp(fu)),
                                jax.lax.stop_gradient(mlp(fi))))
-
-  parts = {'bpr': bpr, 'reg': reg, 'align': align, 'mask_f': mask_f}
-  if model.perturbed and hp.mask_weight_g:
-    (n1u, n1i), (n2u, n2i) = model_lib.noise_views(emb)
-    nce = lambda a, b: losses.info_nce_loss(
-        a, b, hp.temp, impl=hp.infonce_impl, block_size=hp.infonce_block_size)
-    parts['nce_g'] = hp.mask_weight_g * (nce(n1u, n2u) + nce(n1i, n2i))
-  total = sum(parts.values())
-  return total, (parts, (v.fused_u, v.fused_i))
 
 
 def score_embeddings(model: model_lib.Mentor, data: data_lib.DeviceData,
                      hp: Hparams) -> tuple[jax.Array, jax.Array]:
   """(R^u, R^i) from a clean forward pass (no noise is used by R)."""
-  emb = run_forward(model, data, jax.random.PRNGKey(0), hp)
+  emb = run_forward(model, data, jax.random.PRNGKey(0), hp, perturbed=False)
   v = model_lib.build_views(emb)
   return v.fused_u, v.fused_i
 
 
 def create_model(config: Any, dataset: data_lib.Dataset) -> model_lib.Mentor:
+  """MENTOR sized for `dataset`.
+
+  Separate noise encoders exist only when graph perturbation is on and done
+  the code's way; the paper's way perturbs the v and t encoders themselves.
+  """
+  validate_switches(config)
+  separate = (bool(config.mask_weight_g) and config.get(
+      'perturbation', 'separate_encoders') == 'separate_encoders')
   return model_lib.Mentor(
       dataset.n_users, dataset.n_items,
       dataset.arrays['feat_v'].shape[1], dataset.arrays['feat_t'].shape[1],
-      perturbed=bool(config.mask_weight_g),
+      perturbed=separate, fusion=config.get('fusion', 'per_user'),
       rngs=nnx.Rngs(params=config.seed))
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from mentor_jax import baselines
 from mentor_jax import family
 from mentor_jax import objective
 
 
 def _families() -> dict[str, family.ModelFamily]:
-  return {'mentor': objective.MENTOR}
+  families = {'mentor': objective.MENTOR}
+  families.update({f.name: f for f in baselines.FAMILIES})
+  return families
 
 
 def get(name: str) -> family.ModelFamily:

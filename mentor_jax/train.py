@@ -7,15 +7,21 @@ One epoch is one compiled program: the shuffle, the negative sampling and all
 its optimizer steps run under `lax.scan` on the device, with no host round
 trip. After each epoch the valid and test splits are ranked against all items,
 and training stops early on the validation metric as MMRec does.
+Checkpoints (checkpointing.py) go to `<workdir>/checkpoints`; rerunning the
+command resumes, and SIGINT/SIGTERM stop cleanly between epochs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import os
 import pathlib
+import signal
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -30,8 +36,10 @@ import optax
 from flax import nnx
 from ml_collections import config_flags
 
+from mentor_jax import checkpointing
 from mentor_jax import data as data_lib
 from mentor_jax import datasets
+from mentor_jax import distributed
 from mentor_jax import family as family_lib
 from mentor_jax import metrics as metrics_lib
 from mentor_jax import registry
@@ -79,6 +87,7 @@ def train_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
   batch_key, setup_key, steps_key = jax.random.split(epoch_key, 3)
   batches = data_lib.epoch_batches(batch_key, data, hp.batch_size,
                                    hp.max_row_len)
+  batches = distributed.constrain_batch(batches)  # No-op on one device.
   data = family.epoch_setup(data, setup_key, hp)
   tx = create_optimizer(hp)
 
@@ -160,8 +169,20 @@ class MetricWriter:
     self._path = workdir / 'metrics.jsonl'
 
   def write(self, record: dict[str, Any]) -> None:
+    if not distributed.is_chief():  # Multi-host: process 0 logs.
+      return
     with self._path.open('a') as f:
       f.write(json.dumps(record) + '\n')
+
+  def truncate_after(self, epoch: int) -> None:
+    """Drops records of epochs after `epoch` (a resume replays them)."""
+    if not distributed.is_chief() or not self._path.exists():
+      return
+    keep = [line for line in self._path.read_text().splitlines(True)
+            if line.strip() and json.loads(line)['epoch'] <= epoch]
+    tmp = self._path.with_suffix('.jsonl.tmp')
+    tmp.write_text(''.join(keep))
+    os.replace(tmp, self._path)  # Atomic: a crash keeps one of the two.
 
 
 def resolve_kernel(name: str) -> str:
@@ -173,17 +194,41 @@ def format_metrics(m: dict[str, float], ks=(10, 20)) -> str:
                   for k in ks)
 
 
+def checkpoint_meta(config: ml_collections.ConfigDict, signature: dict,
+                    epoch: int, state: TrainState, stopper: EarlyStopping,
+                    best: dict[str, Any], stopped: bool) -> dict[str, Any]:
+  """The JSON part of a checkpoint: what resuming needs besides arrays."""
+  return {
+      'format': checkpointing.FORMAT_VERSION, 'epoch': epoch,
+      'step': int(state.step), 'key': checkpointing.key_to_json(state.key),
+      'early_stopping': {'best': stopper.best,
+                         'bad_epochs': stopper.bad_epochs},
+      'best': best, 'stopped': stopped,
+      'eval_embeddings': config.eval_embeddings,
+      'config': checkpointing.config_to_json(config),
+      'data_npz': str(pathlib.Path(config.data_npz).resolve()),
+      'signature': signature,
+  }
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str | pathlib.Path) -> dict[str, Any]:
   """Trains with early stopping; returns the best epoch's metrics.
 
   Returns:
     {'best_epoch', 'valid', 'test', 'epochs_run'}: valid and test metrics
-    at the epoch with the best validation metric.
+    at the epoch with the best validation metric, plus 'interrupted' (the
+    signal's name) when SIGINT/SIGTERM stopped the run early. With
+    checkpoints in `<workdir>/checkpoints/latest`, training resumes after the
+    newest one and ends exactly as an uninterrupted run would.
   """
+  # Scale-out (distributed.py): multi-host start-up and the device mesh,
+  # before any computation. Only process 0 writes files.
+  runner = distributed.Runner.from_config(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  if distributed.is_chief():
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   dataset = datasets.load_for_config(config)
   if config.valid_metric not in {f'{m}@{k}' for m in ('recall', 'ndcg')
                                  for k in config.topk}:
@@ -197,7 +242,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model = family.create_model(config, dataset)
   graphdef, rest, state = init_state(model, hp, config.seed)
   del model
-  evaluator = Evaluator(dataset, config)
+  # Scale-out: global arrays on the mesh, the epoch and the evaluation with
+  # explicit shardings; all identities on one device in one process.
+  state, rest, data = runner.place(state, rest, data)
+  run_epoch = runner.wrap_epoch(train_epoch)
+  run_scores = runner.wrap_scores(clean_scores)
+  evaluator = runner.evaluator(dataset, config, Evaluator(dataset, config))
   writer = MetricWriter(workdir)
   stopper = EarlyStopping(config.stopping_step)
   n_steps = data_lib.steps_per_epoch(dataset.n_train, hp.batch_size)
@@ -206,56 +256,105 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                dataset.n_train, n_steps, hp.spmm_kernel)
 
   best = {'best_epoch': -1, 'valid': {}, 'test': {}}
+  last_epoch, stopped = -1, False
+  # Resume: the newest complete checkpoint of this workdir, if any, restored
+  # where the fresh state lives (its shardings), after a shape check.
+  sig = checkpointing.signature(config.model, dataset, state.params)
+  ckpt = checkpointing.Checkpointer(workdir / 'checkpoints')
+  try:
+    restored = ckpt.restore_latest(state.params, state.opt_state, sig)
+  except BaseException:
+    ckpt.close()  # Release Orbax's threads before reporting the mismatch.
+    raise
+  if restored is not None:
+    params, opt_state, meta = restored
+    step = np.asarray(meta['step'], state.step.dtype)
+    state = TrainState(params, opt_state,
+                       checkpointing.key_from_json(meta['key'], state.key),
+                       checkpointing.put_like(step, state.step))
+    stopper = EarlyStopping(config.stopping_step,
+                            meta['early_stopping']['best'],
+                            meta['early_stopping']['bad_epochs'])
+    best, last_epoch, stopped = meta['best'], meta['epoch'], meta['stopped']
+    changed = checkpointing.config_changes(meta['config'], config)
+    logging.info('resuming from %s after epoch %d (step %d)%s',
+                 ckpt.directory / checkpointing.LATEST, last_epoch,
+                 meta['step'], f'; changed settings: {changed}'
+                 if changed else '')
+  # Epochs after the restored one are replayed: forget their records.
+  ckpt.drop_best_after(last_epoch)
+  writer.truncate_after(last_epoch)
+  # A run that stopped early stays stopped; others continue to config.epochs.
+  final_epoch = last_epoch if stopped else config.epochs - 1
   epoch_times = []
-  epoch = 0
-  for epoch in range(config.epochs):
-    t0 = time.perf_counter()
-    state, parts, scores = train_epoch(state, rest, data, graphdef=graphdef,
+  # SIGINT/SIGTERM stop the loop between epochs; closing the checkpointer
+  # awaits in-flight saves, also when an exception ends training.
+  with checkpointing.StopSignals() as signals, contextlib.closing(ckpt):
+    for epoch in range(last_epoch + 1, final_epoch + 1):
+      t0 = time.perf_counter()
+      state, parts, scores = run_epoch(state, rest, data, graphdef=graphdef,
                                        family=family, hp=hp)
-    parts = jax.device_get(parts)
-    train_time = time.perf_counter() - t0
-    losses = {k: float(np.mean(v)) for k, v in parts.items()}
-    if not all(np.all(np.isfinite(v)) for v in parts.values()):
-      bad = next(k for k, v in parts.items() if not np.all(np.isfinite(v)))
-      raise FloatingPointError(
-          f'epoch {epoch}: loss part {bad!r} became NaN or inf; training '
-          'stopped (the official trainer stops on a NaN loss as well).')
-    if config.eval_embeddings == 'recompute':
-      scores = clean_scores(state.params, rest, data, graphdef=graphdef,
+      parts = jax.device_get(parts)
+      train_time = time.perf_counter() - t0
+      losses = {k: float(np.mean(v)) for k, v in parts.items()}
+      if not all(np.all(np.isfinite(v)) for v in parts.values()):
+        bad = next(k for k, v in parts.items() if not np.all(np.isfinite(v)))
+        raise FloatingPointError(
+            f'epoch {epoch}: loss part {bad!r} became NaN or inf; training '
+            'stopped (the official trainer stops on a NaN loss as well).')
+      if config.eval_embeddings == 'recompute':
+        scores = run_scores(state.params, rest, data, graphdef=graphdef,
                             family=family, hp=hp)
-    t1 = time.perf_counter()
-    result = evaluator(*scores)
-    eval_time = time.perf_counter() - t1
-    epoch_times.append(train_time)
-    # MMRec rounds metrics to 4 decimals before comparing them.
-    value = round(result['valid'][config.valid_metric], 4)
-    improved, stop = stopper.update(value)
-    if improved:
-      best = {'best_epoch': epoch, 'valid': result['valid'],
-              'test': result['test']}
-    steps_per_s = n_steps / train_time
-    eta = np.median(epoch_times) * (config.epochs - epoch - 1)
-    writer.write({'epoch': epoch, 'step': int(state.step), 'loss': losses,
-                  'train_time_s': train_time, 'eval_time_s': eval_time,
-                  'valid': result['valid'], 'test': result['test'],
-                  'best_epoch': best['best_epoch']})
-    if epoch % config.log_every_epochs == 0 or improved or stop:
-      logging.info(
-          'epoch %d  loss %.4f (%s)  %.2fs (%.1f steps/s, eval %.2fs, '
-          'ETA <= %.0fs)  valid %s  test %s%s', epoch,
-          sum(losses.values()),
-          ' '.join(f'{k}={v:.4g}' for k, v in losses.items()), train_time,
-          steps_per_s, eval_time, eta, format_metrics(result['valid']),
-          format_metrics(result['test']), '  *' if improved else '')
-    if stop:
-      logging.info('early stop: no improvement of valid %s for %d epochs',
-                   config.valid_metric, stopper.bad_epochs)
-      break
-  best['epochs_run'] = epoch + 1
-  logging.info('best epoch %d: valid %s | test %s', best['best_epoch'],
-               format_metrics(best['valid']), format_metrics(best['test']))
-  (workdir / 'result.json').write_text(json.dumps(best, indent=2))
-  return best
+      t1 = time.perf_counter()
+      result = evaluator(*scores)
+      eval_time = time.perf_counter() - t1
+      epoch_times.append(train_time)
+      # MMRec rounds metrics to 4 decimals before comparing them.
+      value = round(result['valid'][config.valid_metric], 4)
+      improved, stop = stopper.update(value)
+      if improved:
+        best = {'best_epoch': epoch, 'valid': result['valid'],
+                'test': result['test']}
+      meta = checkpoint_meta(config, sig, epoch, state, stopper, best, stop)
+      if improved:
+        # The ranked embeddings too: 'last_step' ones are not a function of
+        # the saved params (checkpointing.py), and evaluate must be exact.
+        ckpt.save_best(epoch, state.params, scores, meta)
+      steps_per_s = n_steps / train_time
+      eta = np.median(epoch_times) * (config.epochs - epoch - 1)
+      writer.write({'epoch': epoch, 'step': int(state.step), 'loss': losses,
+                    'train_time_s': train_time, 'eval_time_s': eval_time,
+                    'valid': result['valid'], 'test': result['test'],
+                    'best_epoch': best['best_epoch']})
+      if epoch % config.log_every_epochs == 0 or improved or stop:
+        logging.info(
+            'epoch %d  loss %.4f (%s)  %.2fs (%.1f steps/s, eval %.2fs, '
+            'ETA <= %.0fs)  valid %s  test %s%s', epoch,
+            sum(losses.values()),
+            ' '.join(f'{k}={v:.4g}' for k, v in losses.items()), train_time,
+            steps_per_s, eval_time, eta, format_metrics(result['valid']),
+            format_metrics(result['test']), '  *' if improved else '')
+      last_epoch = epoch
+      if (stop or signals.signum or epoch == final_epoch
+          or (epoch + 1) % config.checkpoint_every_epochs == 0):
+        ckpt.save_latest(epoch, state.params, state.opt_state, meta)
+      if stop:
+        logging.info('early stop: no improvement of valid %s for %d epochs',
+                     config.valid_metric, stopper.bad_epochs)
+        break
+      if signals.signum:
+        break
+  result = dict(best, epochs_run=last_epoch + 1)
+  if signals.signum:
+    logging.warning('%s: stopped after epoch %d; the checkpoint is in %s. '
+                    'Run the same command again to resume.', signals.name,
+                    last_epoch, ckpt.directory / checkpointing.LATEST)
+    return dict(result, interrupted=signals.name)
+  logging.info('best epoch %d: valid %s | test %s', result['best_epoch'],
+               format_metrics(result['valid']), format_metrics(result['test']))
+  if distributed.is_chief():
+    (workdir / 'result.json').write_text(json.dumps(result, indent=2))
+  return result
 
 
 FLAGS = flags.FLAGS
@@ -270,7 +369,11 @@ def main(argv):
   if config is None:
     raise app.UsageError('--config is required, e.g. configs/small.py')
   workdir = FLAGS.workdir or f'runs/{config.dataset}'
-  train_and_evaluate(config, workdir)
+  result = train_and_evaluate(config, workdir)
+  if 'interrupted' in result:
+    # The shell's convention for "ended by this signal" (130, 143), so that
+    # `train && evaluate` does not go on as if training had finished.
+    sys.exit(128 + signal.Signals[result['interrupted']].value)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,218 @@
+"""Runs the OFFICIAL MENTOR code (a user-supplied checkout) for timing.
+
+Started by `run_reference.py` with the torch interpreter, in a fresh process
+per workload; prints one `BENCH_RESULT <json>` line. Nothing in the checkout
+is modified. In this process only:
+
+* `torch.Tensor.cuda` becomes a no-op when CUDA is absent: the perturbed GCN
+  branch calls `.cuda()` unconditionally (MENTOR_SPEC §0.1 item 11), which is
+  the only thing that stops the official code from running on a CPU;
+* the `result_embed*` caches are unregistered as parameters, which is what
+  `.to('cuda')` does implicitly on a GPU (see `_unregister_result_embeds`);
+* numpy's removed aliases `np.float` etc. are restored (the official
+  metrics use them; it targets numpy < 1.24);
+* modules the official code imports but never uses on the training and
+  evaluation path (lmdb, torchvision, matplotlib: image-loading and
+  plotting helpers) are replaced by empty stubs if they are not installed.
+
+The training loop below is `Trainer._train_epoch`'s body, batch by batch
+(zero_grad, calculate_loss, .item(), NaN check, backward, step), so that each
+batch can be timed; evaluation is `Trainer.evaluate` itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pathlib
+import sys
+import time
+import types
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from bench import common  # pylint: disable=g-import-not-at-top
+
+# The first cell of the shipped grid (MENTOR.yaml, MENTOR_SPEC §3).
+FIRST_CELL = {'learning_rate': 1e-4, 'reg_weight': 1e-3, 'dropout': 0.5,
+              'mask_weight_f': 1.5, 'mask_weight_g': 1e-4,
+              'align_weight': 0.1, 'temp': 0.2, 'seed': 999}
+
+
+def _stub_unused_modules() -> None:
+  """Empty modules for imports that the timed path never calls."""
+  stubs = {
+      'lmdb': [],
+      'torchvision': ['transforms'],
+      'torchvision.transforms': ['functional'],
+      'torchvision.transforms.functional': ['pad', 'resize'],
+      'matplotlib': ['pyplot'],
+      'matplotlib.pyplot': [],
+  }
+  missing = set()
+  for root in {name.split('.')[0] for name in stubs}:
+    try:
+      importlib.import_module(root)  # really installed: use it
+    except ImportError:
+      missing.add(root)
+  for name in stubs:
+    if name.split('.')[0] in missing and name not in sys.modules:
+      stub = types.ModuleType(name)
+      stub.__path__ = []  # a package, so that `import a.b` resolves
+      sys.modules[name] = stub
+  for name, attrs in stubs.items():
+    mod = sys.modules.get(name)
+    if mod is None or getattr(mod, '__file__', None):
+      continue
+    for attr in attrs:
+      full = f'{name}.{attr}'
+      setattr(mod, attr, sys.modules.get(full, lambda *a, **k: None))
+
+
+def _unregister_result_embeds(model) -> None:
+  """Makes the `result_embed*` caches plain tensors, as they are on a GPU.
+
+  The constructor builds them as `nn.Parameter(...).to(self.device)`. On a
+  GPU `.to('cuda')` returns a plain (non-Parameter) copy, so they are
+  ordinary attributes, outside `model.parameters()` and the optimizer, and
+  `forward` may assign tensors to them. On a CPU `.to('cpu')` returns the
+  Parameter itself, which registers it, and the first `forward` fails with
+  "cannot assign 'torch.FloatTensor' as parameter 'result_embed'". This is a
+  second CPU-only failure beside `.cuda()`; undoing the registration before
+  the optimizer is built reproduces the GPU behaviour exactly.
+  """
+  params = model._parameters  # pylint: disable=protected-access
+  for name in [n for n in params if n.startswith('result_embed')]:
+    setattr(model, name, params.pop(name).detach())
+
+
+def run(args: argparse.Namespace) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  src = pathlib.Path(args.mentor_src).resolve() / 'src'
+  if not (src / 'models' / 'mentor.py').is_file():
+    raise FileNotFoundError(f'{src}/models/mentor.py not found: --mentor-src '
+                            'must be a clone of Jinfeng-Xu/MENTOR')
+  on_gpu = torch.cuda.is_available() and not args.cpu
+  if not on_gpu:
+    torch.Tensor.cuda = lambda self, *a, **k: self  # see module docstring
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  _stub_unused_modules()
+  # The official metrics use `np.float` (removed in numpy 1.24); the aliases
+  # meant the builtins, so restoring them changes nothing else.
+  for alias, builtin in (('float', float), ('int', int), ('bool', bool),
+                         ('object', object)):
+    if alias not in np.__dict__:
+      setattr(np, alias, builtin)
+  # The official Config reads ./configs relative to the working directory.
+  os.chdir(src)
+  sys.path.insert(0, str(src))
+  from utils_package.configurator import Config  # pylint: disable=g-import-not-at-top
+  from utils_package.dataset import RecDataset  # pylint: disable=g-import-not-at-top
+  from utils_package.dataloader import EvalDataLoader, TrainDataLoader  # pylint: disable=g-import-not-at-top
+  from utils_package.utils import get_model, get_trainer, init_seed  # pylint: disable=g-import-not-at-top
+
+  config_dict = dict(FIRST_CELL, gpu_id=0, use_gpu=on_gpu,
+                     data_path=str(pathlib.Path(args.data_path)) + os.sep)
+  config = Config('MENTOR', args.dataset, config_dict)
+  init_seed(config['seed'])
+
+  t0 = time.perf_counter()
+  dataset = RecDataset(config)
+  train_ds, valid_ds, test_ds = dataset.split()
+  # quick_start logs str() of each dataset; __str__ sets `inter_num`, which
+  # the data loaders read, so the same calls are needed here.
+  for ds in (dataset, train_ds, valid_ds, test_ds):
+    str(ds)
+  train_data = TrainDataLoader(config, train_ds,
+                               batch_size=config['train_batch_size'],
+                               shuffle=True)
+  valid_data = EvalDataLoader(config, valid_ds, additional_dataset=train_ds,
+                              batch_size=config['eval_batch_size'])
+  test_data = EvalDataLoader(config, test_ds, additional_dataset=train_ds,
+                             batch_size=config['eval_batch_size'])
+  train_data.pretrain_setup()
+  model = get_model(config['model'])(config, train_data).to(config['device'])
+  if not on_gpu:
+    _unregister_result_embeds(model)
+  trainer = get_trainer()(config, model)
+  setup_s = time.perf_counter() - t0
+  sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+
+  # Per-epoch host work of the official loop (user-graph top-k sampling).
+  model.train()
+  t0 = time.perf_counter()
+  model.pre_epoch_processing()
+  pre_epoch_s = time.perf_counter() - t0
+
+  n_batches = len(train_data)
+  want = min(args.warmup + args.batches, n_batches)
+  times, losses = [], []
+  it = iter(train_data)
+  for b in range(want):
+    t0 = time.perf_counter()
+    interaction = next(it)  # includes the dataloader's negative sampling
+    trainer.optimizer.zero_grad()
+    loss = model.calculate_loss(interaction)
+    losses.append(loss.item())
+    if torch.isnan(loss):
+      raise FloatingPointError(f'NaN loss at batch {b}')
+    loss.backward()
+    trainer.optimizer.step()
+    sync()
+    dt = time.perf_counter() - t0
+    if b >= args.warmup:
+      times.append(dt)
+    print(f'batch {b}: {dt:.2f} s loss {losses[-1]:.4f}', flush=True)
+
+  eval_times, first_eval = [], None
+  for r in range(args.eval_warmup + args.eval_reps):
+    t0 = time.perf_counter()
+    valid = trainer.evaluate(valid_data)
+    trainer.evaluate(test_data)
+    sync()
+    dt = time.perf_counter() - t0
+    if r < args.eval_warmup:
+      first_eval = dt
+    else:
+      eval_times.append(dt)
+    print(f'eval {r}: {dt:.2f} s', flush=True)
+
+  step = common.summarize(times)
+  return {
+      'impl': 'official', 'device': 'cuda' if on_gpu else 'cpu',
+      'torch_threads': torch.get_num_threads(), 'dataset': args.dataset,
+      'n_users': int(dataset.user_num), 'n_items': int(dataset.item_num),
+      'n_train': len(train_ds), 'batches_per_epoch': n_batches,
+      'setup_s': setup_s, 'pre_epoch_s': pre_epoch_s,
+      'warmup_batches': args.warmup, 'batch_s': step,
+      'epoch_s_extrapolated': pre_epoch_s + step['median'] * n_batches,
+      'eval_first_s': first_eval, 'eval_s': common.summarize(eval_times),
+      'valid_recall@10': float(valid.get('recall@10', float('nan'))),
+      'losses': losses, 'numpy': np.__version__,
+  }
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--mentor-src', required=True)
+  p.add_argument('--data-path', required=True,
+                 help='folder holding <dataset>/<dataset>.inter etc.')
+  p.add_argument('--dataset', default='baby')
+  p.add_argument('--batches', type=int, default=5)
+  p.add_argument('--warmup', type=int, default=1)
+  p.add_argument('--eval-reps', type=int, default=2)
+  p.add_argument('--eval-warmup', type=int, default=1)
+  p.add_argument('--threads', type=int, default=0)
+  p.add_argument('--cpu', action='store_true', help='ignore CUDA')
+  args = p.parse_args()
+  result = run(args)
+  result['env'] = common.environment()
+  common.emit_result(result)
+
+
+if __name__ == '__main__':
+  main()

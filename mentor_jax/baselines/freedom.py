@@ -1,0 +1,185 @@
+"""FREEDOM (Zhou & Shen, MM 2023) as in MMRec's src/models/freedom.py.
+
+* Item-item graph: frozen, built once from the raw features,
+  S = w S_v + (1 - w) S_t with 1/k per kNN entry (self included); the
+  stored `knn_v`/`knn_t` lists give exactly this operator
+  (`sparse.knn_propagate`).
+* Embeddings: users and items are LightGCN's layer mean over n_ui_layers on
+  the user-item graph; items add h = S^{n_mm_layers} E_item.
+* Training graph: degree-sensitive edge pruning once per epoch
+  (`pre_epoch_processing`): keep (1 - dropout) of the interactions, sampled
+  without replacement with probability ~ 1/sqrt(d_u d_i), and
+  re-normalize with the kept degrees. Evaluation uses the full graph.
+* Loss: ln-BPR on the fused embeddings + reg_weight * (BPR of the users
+  against the projected text features + the same for the image features).
+  The raw feature tables are trainable (`from_pretrained(freeze=False)`).
+  `lambda_coeff` is read by MMRec but never used, so it is absent here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mentor_jax import data as data_lib
+from mentor_jax import family
+from mentor_jax import losses
+from mentor_jax import sparse
+from mentor_jax.baselines import common
+
+# MMRec adds this to every degree before the inverse square root.
+_DEGREE_EPS = 1e-7
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams(family.TrainHparams):
+  reg_weight: float = 1e-3
+  dropout: float = 0.8
+  n_ui_layers: int = 2
+  n_mm_layers: int = 1
+  mm_image_weight: float = 0.1
+  spmm_kernel: str = 'csr'
+
+
+class Freedom(nnx.Module):
+  """ID tables, trainable copies of the raw features, two projections."""
+
+  def __init__(self, n_users: int, feat_v: np.ndarray, feat_t: np.ndarray,
+               dim: int, feat_dim: int, *, rngs: nnx.Rngs):
+    n_items = feat_v.shape[0]
+    self.user_emb = nnx.Param(common.xavier_uniform(rngs.params(),
+                                                    (n_users, dim)))
+    self.item_emb = nnx.Param(common.xavier_uniform(rngs.params(),
+                                                    (n_items, dim)))
+    self.feat_v = nnx.Param(jnp.asarray(feat_v, jnp.float32))
+    self.feat_t = nnx.Param(jnp.asarray(feat_t, jnp.float32))
+    w, b = common.torch_linear_init(rngs.params(), feat_v.shape[1], feat_dim)
+    self.proj_v_w, self.proj_v_b = nnx.Param(w), nnx.Param(b)
+    w, b = common.torch_linear_init(rngs.params(), feat_t.shape[1], feat_dim)
+    self.proj_t_w, self.proj_t_b = nnx.Param(w), nnx.Param(b)
+
+
+def forward(model: Freedom, data: data_lib.DeviceData, adj: sparse.Csr,
+            hp: Hparams) -> tuple[jax.Array, jax.Array]:
+  """(users, items) on the user-item graph `adj` (pruned or full)."""
+  items = model.item_emb[...]
+  h = sparse.knn_propagate(items, data.knn_v, data.knn_t,
+                           k=data.knn_v.shape[1],
+                           image_weight=hp.mm_image_weight,
+                           n_layers=hp.n_mm_layers)
+  users = model.user_emb[...]
+  ego = jnp.concatenate([users, items], axis=0)
+  out = common.layer_mean_propagate(adj, ego, hp.n_ui_layers, hp.spmm_kernel)
+  n_users = users.shape[0]
+  return out[:n_users], out[n_users:] + h
+
+
+def prune_adj(adj: sparse.Csr, n_users: int, key: jax.Array,
+              dropout: float) -> sparse.Csr:
+  """Degree-sensitive edge pruning with fixed shapes.
+
+  Assumes the layout `data_prep` writes: user rows first, so the first
+  nnz/2 entries are the (user, item) edges in (user, item) order and the
+  rest are the same edges transposed, in (item, user) order.
+
+  Args:
+    adj: the full normalized graph Â (its user-half values 1/sqrt(d_u d_i)
+      are the sampling weights, as MMRec's `edge_values`).
+    n_users: U.
+    key: randomness of this epoch.
+    dropout: the fraction of edges dropped.
+
+  Returns:
+    Â with the dropped edges' values set to 0 and the kept ones re-normalized
+    with the kept degrees, symmetric, same index arrays.
+  """
+  half = adj.nnz // 2
+  n_keep = int(half * (1.0 - dropout))
+  rows = adj.rows[:half]
+  cols = adj.indices[:half] - n_users
+  n_items = adj.n_rows - n_users
+  weights = adj.values[:half]
+  # Gumbel top-k: the n_keep largest log w + Gumbel is a draw of n_keep
+  # edges without replacement, like torch.multinomial(w, n_keep).
+  keys = jnp.log(weights) + jax.random.gumbel(key, (half,), weights.dtype)
+  kept = jnp.argsort(-keys)[:n_keep]
+  mask = jnp.zeros((half,), weights.dtype).at[kept].set(1.0)
+  deg_u = jax.ops.segment_sum(mask, rows, num_segments=n_users)
+  deg_i = jax.ops.segment_sum(mask, cols, num_segments=n_items)
+  user_half = mask * jax.lax.rsqrt(deg_u[rows] + _DEGREE_EPS) * jax.lax.rsqrt(
+      deg_i[cols] + _DEGREE_EPS)
+  # The item half lists the same edges ordered by (item, user): a stable
+  # sort of the user half by item gives that order.
+  mirror = jnp.argsort(cols, stable=True)
+  return adj.with_values(jnp.concatenate([user_half, user_half[mirror]]))
+
+
+def epoch_setup(data: data_lib.DeviceData, key: jax.Array,
+                hp: Hparams) -> data_lib.DeviceData:
+  if hp.dropout <= 0.0:  # MMRec trains on the full graph then.
+    return data
+  n_users = data.train_indptr.shape[0] - 1
+  return data._replace(adj=prune_adj(data.adj, n_users, key, hp.dropout))
+
+
+def loss(model: Freedom, data: data_lib.DeviceData, batch: data_lib.Batches,
+         key: jax.Array, hp: Hparams) -> family.LossOutput:
+  del key
+  # `data.adj` is the pruned graph here: epoch_setup ran before the steps.
+  users, items = forward(model, data, data.adj, hp)
+  u = users[batch.users]
+  p, n, mask = batch.pos_items, batch.neg_items, batch.mask
+
+  def bpr(item_p, item_n):
+    return losses.bpr_loss(jnp.sum(u * item_p, -1), jnp.sum(u * item_n, -1),
+                           mask, log_base=math.e)
+
+  # Only the batch's rows are projected: the same values as projecting all
+  # items and gathering, as MMRec does, at a fraction of the cost.
+  proj_t = lambda i: model.feat_t[...][i] @ model.proj_t_w[...] + (
+      model.proj_t_b[...])
+  proj_v = lambda i: model.feat_v[...][i] @ model.proj_v_w[...] + (
+      model.proj_v_b[...])
+  parts = {
+      'bpr': bpr(items[p], items[n]),
+      'reg': hp.reg_weight * (bpr(proj_t(p), proj_t(n))
+                              + bpr(proj_v(p), proj_v(n))),
+  }
+  return sum(parts.values()), (parts, (users, items))
+
+
+def score(model: Freedom, data: data_lib.DeviceData,
+          hp: Hparams) -> tuple[jax.Array, jax.Array]:
+  return forward(model, data, data.adj, hp)
+
+
+def check_adj_layout(dataset: data_lib.Dataset) -> None:
+  """Checks the layout `prune_adj` relies on (on the host, once)."""
+  a = dataset.arrays
+  indptr, indices = a['adj_indptr'], a['adj_indices']
+  half = indices.shape[0] // 2
+  n_users = dataset.n_users
+  if indices.shape[0] % 2 or indptr[n_users] != half or (
+      half and indices[:half].min() < n_users):
+    raise ValueError(f'{dataset.path}: adj is not a bipartite graph with '
+                     'user rows first; FREEDOM edge pruning needs that layout.')
+
+
+def create_model(config: Any, dataset: data_lib.Dataset) -> Freedom:
+  check_adj_layout(dataset)
+  return Freedom(dataset.n_users, dataset.arrays['feat_v'],
+                 dataset.arrays['feat_t'], config.embedding_size,
+                 config.get('feat_embed_dim', config.embedding_size),
+                 rngs=nnx.Rngs(params=config.seed))
+
+
+FREEDOM_FAMILY = family.ModelFamily(
+    name='freedom', create_model=create_model,
+    make_hparams=Hparams.from_config, loss=loss, score=score,
+    epoch_setup=epoch_setup)

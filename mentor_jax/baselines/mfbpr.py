@@ -1,0 +1,69 @@
+"""MF-BPR (Rendle et al., UAI 2009) as in MMRec's src/models/bpr.py.
+
+Score = <user row, item row> of two free tables (xavier-normal init).
+Loss = BPRLoss(pos, neg) + reg_weight * EmbLoss(user, pos, neg) on the
+gathered rows (MMRec's forms, see `common`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mentor_jax import data as data_lib
+from mentor_jax import family
+from mentor_jax.baselines import common
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams(family.TrainHparams):
+  reg_weight: float = 1e-3
+  # Unused (no graph); the trainer logs it for every family.
+  spmm_kernel: str = 'csr'
+
+
+class MFBPR(nnx.Module):
+  """Two embedding tables, [U, d] and [I, d]."""
+
+  def __init__(self, n_users: int, n_items: int, dim: int, *,
+               rngs: nnx.Rngs):
+    self.user_emb = nnx.Param(common.xavier_normal(rngs.params(),
+                                                   (n_users, dim)))
+    self.item_emb = nnx.Param(common.xavier_normal(rngs.params(),
+                                                   (n_items, dim)))
+
+
+def loss(model: MFBPR, data: data_lib.DeviceData, batch: data_lib.Batches,
+         key: jax.Array, hp: Hparams) -> family.LossOutput:
+  del data, key
+  users, items = model.user_emb[...], model.item_emb[...]
+  u = users[batch.users]
+  p = items[batch.pos_items]
+  n = items[batch.neg_items]
+  pos = jnp.sum(u * p, axis=-1)
+  neg = jnp.sum(u * n, axis=-1)
+  parts = {
+      'bpr': common.mmrec_bpr_loss(pos, neg, batch.mask),
+      'reg': hp.reg_weight * common.mmrec_emb_loss((u, p, n), batch.mask),
+  }
+  return sum(parts.values()), (parts, (users, items))
+
+
+def score(model: MFBPR, data: data_lib.DeviceData,
+          hp: Hparams) -> tuple[jax.Array, jax.Array]:
+  del data, hp
+  return model.user_emb[...], model.item_emb[...]
+
+
+def create_model(config: Any, dataset: data_lib.Dataset) -> MFBPR:
+  return MFBPR(dataset.n_users, dataset.n_items, config.embedding_size,
+               rngs=nnx.Rngs(params=config.seed))
+
+
+MFBPR_FAMILY = family.ModelFamily(
+    name='mfbpr', create_model=create_model,
+    make_hparams=Hparams.from_config, loss=loss, score=score)

@@ -1,0 +1,333 @@
+"""Orbax checkpoints of a training run: resume, evaluate, recommend.
+
+Layout under `<workdir>/checkpoints/`, one Orbax step per epoch (0-based):
+
+  latest/<epoch>/  params, opt_state, meta   every `checkpoint_every_epochs`
+  best/<epoch>/    params, scores, meta      the best validation epoch (keep 1)
+
+Each step is a Composite of separately restorable items:
+  * 'params': the model's nnx.Param state;
+  * 'opt_state': the optax state (latest only);
+  * 'scores': {'user': [U, D], 'item': [I, D]}, the embeddings that were
+    ranked at that epoch (best only). With eval_embeddings='last_step' they
+    come from the last training step's forward pass, i.e. from the parameters
+    *before* the epoch's last update, so no function of the saved params
+    reproduces them. Saving them (a few MB) keeps evaluate and recommend
+    exact without carrying a second copy of the params through the compiled
+    epoch;
+  * 'meta': JSON with the loop counters, the RNG key, the early-stopping state,
+    the best epoch's metrics, the config and a shape signature.
+
+Orbax writes each step into a temporary directory and renames it when
+complete, so a killed run leaves the previous steps readable; leftover
+temporary directories are removed when training reopens the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import threading
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+FORMAT_VERSION = 1
+LATEST = 'latest'
+BEST = 'best'
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint was written for another model, dataset or shape."""
+
+
+def _leaf_name(path) -> str:
+  return jax.tree_util.keystr(path, simple=True, separator='/')
+
+
+def signature(model_name: str, dataset: Any, params: Any) -> dict[str, Any]:
+  """What must match for a checkpoint to fit a model (JSON-able).
+
+  Args:
+    model_name: `config.model`.
+    dataset: a `data.Dataset`.
+    params: the model's parameter pytree (arrays or ShapeDtypeStructs).
+
+  Returns:
+    {'model', 'n_users', 'n_items', 'dim_v', 'dim_t',
+     'params': {leaf path: 'dtype[shape]'}}.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {
+      'model': model_name,
+      'n_users': dataset.n_users,
+      'n_items': dataset.n_items,
+      'dim_v': int(dataset.arrays['feat_v'].shape[1]),
+      'dim_t': int(dataset.arrays['feat_t'].shape[1]),
+      'params': {_leaf_name(p): f'{jnp.dtype(x.dtype).name}{list(x.shape)}'
+                 for p, x in leaves},
+  }
+
+
+def check_signature(saved: dict[str, Any], current: dict[str, Any],
+                    where: str | pathlib.Path) -> None:
+  """Raises CheckpointMismatchError naming every difference.
+
+  Args:
+    saved: the signature stored in the checkpoint.
+    current: the signature of the model the caller wants to fill.
+    where: the checkpoint path, for the message.
+  """
+  diffs = [f'{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}'
+           for k in sorted(set(saved) | set(current))
+           if k != 'params' and saved.get(k) != current.get(k)]
+  ps, pc = saved.get('params', {}), current.get('params', {})
+  # Parameter differences follow from the scalar ones; list them only when
+  # they are the whole story (or a few of them otherwise).
+  param_diffs = [f'param {k}: checkpoint {ps.get(k, "absent")}, now '
+                 f'{pc.get(k, "absent")}'
+                 for k in sorted(set(ps) | set(pc)) if ps.get(k) != pc.get(k)]
+  if param_diffs:
+    shown = param_diffs[:5]
+    if len(param_diffs) > 5:
+      shown.append(f'... and {len(param_diffs) - 5} more parameters')
+    diffs += shown
+  if diffs:
+    raise CheckpointMismatchError(
+        f'the checkpoint in {where} was written for a different model or '
+        'dataset:\n  ' + '\n  '.join(diffs) + '\nUse a fresh --workdir, or '
+        'the config and dataset the checkpoint was trained with.')
+
+
+def key_to_json(key: jax.Array) -> list[int]:
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  return np.asarray(key).astype(np.int64).ravel().tolist()
+
+
+def put_like(value: np.ndarray, like: jax.Array) -> jax.Array:
+  """`value` on the device(s) of `like`, committed only if `like` is."""
+  if like.committed:
+    return jax.device_put(value, like.sharding)
+  return jax.device_put(value)
+
+
+def key_from_json(values: list[int], like: jax.Array) -> jax.Array:
+  """Rebuilds a PRNG key in the form (raw or typed) and place of `like`."""
+  if jnp.issubdtype(like.dtype, jax.dtypes.prng_key):
+    data = np.asarray(values, np.uint32).reshape(
+        jax.random.key_data(like).shape)
+    return jax.random.wrap_key_data(put_like(data, like),
+                                    impl=jax.random.key_impl(like))
+  return put_like(np.asarray(values, like.dtype).reshape(like.shape), like)
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs carrying each array's current sharding.
+
+  Restoring against them places every array where the freshly initialized
+  one lives, whatever the device layout of the machine that wrote the
+  checkpoint.
+  """
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _restore_target(tree: Any) -> Any:
+  # Uncommitted arrays (a plain single-device run) come back through the
+  # host so that they stay uncommitted: committed ones would make jit build
+  # a second executable of the epoch (same numbers, another compile).
+  return jax.tree.map(
+      lambda x: np.empty(x.shape, x.dtype)
+      if isinstance(x, jax.Array) and not x.committed
+      else ocp.utils.to_shape_dtype_struct(x), tree)
+
+
+def _place(restored: Any) -> Any:
+  return jax.tree.map(
+      lambda x: jax.device_put(x) if isinstance(x, np.ndarray) else x,
+      restored)
+
+
+def _manager(directory: pathlib.Path, keep: int,
+             read_only: bool) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=None if read_only else keep, create=not read_only,
+      read_only=read_only, save_interval_steps=0 if read_only else 1,
+      # A killed writer leaves `<step>.orbax-checkpoint-tmp-*`; Orbax never
+      # lists those as steps, and the writer that reopens the run removes
+      # them (a reader must not: the writer may still be running).
+      cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+class Checkpointer:
+  """The 'latest' and 'best' managers of one run."""
+
+  def __init__(self, directory: str | pathlib.Path, *, keep_latest: int = 2,
+               read_only: bool = False):
+    # Orbax wants absolute paths; workdirs are often relative.
+    self.directory = pathlib.Path(directory).resolve()
+    self.latest = _manager(self.directory / LATEST, keep_latest, read_only)
+    self.best = _manager(self.directory / BEST, 1, read_only)
+
+  def save_latest(self, epoch: int, params: Any, opt_state: Any,
+                  meta: dict[str, Any]) -> None:
+    """Starts an async save; arrays are copied to the host before it returns."""
+    self.latest.save(epoch, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta)))
+
+  def save_best(self, epoch: int, params: Any, scores: tuple[Any, Any],
+                meta: dict[str, Any]) -> None:
+    scores = dict(zip(('user', 'item'), scores))
+    # Their shapes, so that a reader can restore them onto its own device.
+    meta = dict(meta, scores={
+        k: {'shape': list(v.shape), 'dtype': jnp.dtype(v.dtype).name}
+        for k, v in scores.items()})
+    self.best.save(epoch, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        scores=ocp.args.StandardSave(scores),
+        meta=ocp.args.JsonSave(meta)))
+
+  def restore_latest(self, params: Any, opt_state: Any,
+                     current_signature: dict[str, Any]
+                     ) -> tuple[Any, Any, dict[str, Any]] | None:
+    """(params, opt_state, meta) of the latest step, or None if there is none.
+
+    Args:
+      params: a pytree like the params to restore (arrays or abstract); its
+        shardings say where the restored arrays go.
+      opt_state: likewise for the optimizer state.
+      current_signature: `signature(...)` of the model being trained.
+
+    Raises:
+      CheckpointMismatchError: the checkpoint belongs to another setup.
+    """
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    where = self.directory / LATEST / str(step)
+    meta = read_meta(self.latest, step)
+    check_signature(meta['signature'], current_signature, where)
+    out = self.latest.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_restore_target(params)),
+        opt_state=ocp.args.StandardRestore(_restore_target(opt_state))))
+    return _place(out['params']), _place(out['opt_state']), meta
+
+  def drop_best_after(self, epoch: int) -> None:
+    """Deletes best steps newer than `epoch` (a resume replays them)."""
+    for step in self.best.all_steps():
+      if step > epoch:
+        self.best.delete(step)
+
+  def close(self) -> None:
+    """Waits for in-flight saves, then releases the managers."""
+    for manager in (self.latest, self.best):
+      manager.wait_until_finished()
+      manager.close()
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  meta = manager.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
+  if meta.get('format') != FORMAT_VERSION:
+    raise CheckpointMismatchError(
+        f'step {step} in {manager.directory} has checkpoint format '
+        f'{meta.get("format")!r}; this code reads format {FORMAT_VERSION}')
+  return meta
+
+
+def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
+  """(manager directory, step) for a workdir, a manager dir or a step dir.
+
+  A workdir means its best checkpoint; a manager directory (e.g.
+  `<workdir>/checkpoints/latest`) its newest step.
+
+  Raises:
+    FileNotFoundError: nothing restorable there.
+  """
+  path = pathlib.Path(path).resolve()
+  if (path / 'checkpoints' / BEST).is_dir():
+    path = path / 'checkpoints' / BEST
+  elif (path / BEST).is_dir():
+    path = path / BEST
+  if path.name.isdigit() and (path / 'meta').is_dir():
+    return path.parent, int(path.name)
+  steps = sorted(int(p.name) for p in path.glob('*')
+                 if p.name.isdigit() and (p / 'meta').is_dir())
+  if not steps:
+    raise FileNotFoundError(
+        f'no checkpoint in {path}: expected a training --workdir, '
+        f'<workdir>/checkpoints/{BEST} or one of its step directories')
+  return path, steps[-1]
+
+
+def read_only_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
+  return _manager(directory, 1, read_only=True)
+
+
+def restore_items(manager: ocp.CheckpointManager, step: int,
+                  **items: Any) -> dict[str, Any]:
+  """Restores only the named array items, e.g. params=abstract_params."""
+  args = {name: ocp.args.StandardRestore(abstract_like(like))
+          for name, like in items.items()}
+  return dict(manager.restore(step, args=ocp.args.Composite(**args)))
+
+
+class StopSignals:
+  """SIGINT and SIGTERM set a flag that the training loop checks per epoch.
+
+  A compiled epoch cannot be interrupted safely, so the first signal only
+  asks the loop to save and stop after the current epoch; a second Ctrl-C
+  raises KeyboardInterrupt as usual (in-flight saves are still awaited).
+  Handlers are installed only in the main thread (Python allows no other)
+  and the previous ones are restored on exit.
+  """
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous = {}
+
+  @property
+  def name(self) -> str | None:
+    return None if self.signum is None else signal.Signals(self.signum).name
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning('%s received: stopping after the current epoch (saving a '
+                    'checkpoint first); press Ctrl-C again to abort now.',
+                    signal.Signals(signum).name)
+
+  def __enter__(self) -> 'StopSignals':
+    if threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous.clear()
+
+
+def config_to_json(config: Any) -> dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def config_changes(saved: dict[str, Any], config: Any) -> str:
+  """'key: old -> new, ...' for the top-level settings that differ."""
+  now = config_to_json(config)
+  return ', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}'
+                   for k in sorted(set(saved) | set(now))
+                   if saved.get(k) != now.get(k))

@@ -1,0 +1,196 @@
+"""Valid and test Recall/NDCG/Precision of a checkpoint (the best epoch).
+
+  python -m mentor_jax.evaluate --workdir runs/small --json-out eval.json
+  python -m mentor_jax.evaluate --checkpoint runs/small/checkpoints/best/12
+
+The model is rebuilt from the config stored in the checkpoint and only the
+arrays evaluation needs are restored (no optimizer state), onto this
+machine's default device, whatever device layout wrote them.
+
+Which embeddings are ranked follows the run's `eval_embeddings`: for
+'last_step' (the official behaviour) the embeddings that were ranked during
+training are stored in the best checkpoint and used as they are, so the
+numbers equal the logged best-epoch metrics exactly; for 'recompute' they are
+recomputed from the restored parameters. `--embeddings` overrides this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Any, Sequence
+
+from flax import nnx
+import jax
+import ml_collections
+
+from mentor_jax import checkpointing
+from mentor_jax import data as data_lib
+from mentor_jax import metrics as metrics_lib
+from mentor_jax import registry
+from mentor_jax import train
+
+KS = (5, 10, 20, 50)
+
+
+@dataclasses.dataclass
+class Restored:
+  """A checkpoint step restored for inference."""
+
+  path: pathlib.Path  # the step directory
+  meta: dict[str, Any]
+  config: ml_collections.ConfigDict
+  dataset: data_lib.Dataset
+  graphdef: Any
+  params: Any
+  rest: Any
+  scores: tuple[jax.Array, jax.Array] | None  # as ranked during training
+
+  @property
+  def epoch(self) -> int:
+    return int(self.meta['epoch'])
+
+
+def _find_npz(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> str:
+  # The config's path is relative to where training ran; the absolute path
+  # recorded at save time also works from another directory.
+  for candidate in (config.data_npz, meta.get('data_npz', '')):
+    if candidate and pathlib.Path(candidate).exists():
+      return str(candidate)
+  raise FileNotFoundError(
+      f'the dataset of this checkpoint ({config.data_npz}, recorded as '
+      f'{meta.get("data_npz")}) was not found; pass --data-npz PATH')
+
+
+def load(path: str | pathlib.Path, *, data_npz: str | None = None,
+         with_scores: bool = True) -> Restored:
+  """Restores params (and the ranked embeddings) of a checkpoint step.
+
+  Args:
+    path: a training workdir (its best checkpoint), a checkpoint manager
+      directory (its newest step) or a step directory.
+    data_npz: the dataset .npz; defaults to the one training used.
+    with_scores: also restore the stored embeddings, if the step has them.
+
+  Raises:
+    FileNotFoundError: no checkpoint or no dataset.
+    CheckpointMismatchError: the dataset does not fit the checkpoint.
+  """
+  directory, step = checkpointing.resolve(path)
+  manager = checkpointing.read_only_manager(directory)
+  meta = checkpointing.read_meta(manager, step)
+  config = ml_collections.ConfigDict(meta['config'])
+  config.data_npz = data_npz or _find_npz(config, meta)
+  dataset = data_lib.load_dataset(config.data_npz)
+  family = registry.get(config.model)
+  graphdef, params, rest = nnx.split(family.create_model(config, dataset),
+                                     nnx.Param, ...)
+  where = directory / str(step)
+  checkpointing.check_signature(
+      meta['signature'],
+      checkpointing.signature(config.model, dataset, params), where)
+  # Explicit single-device targets: the writer's shardings may name devices
+  # this machine does not have.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype,
+                                                   sharding=device)
+  items = {'params': jax.tree.map(lambda x: spec(x.shape, x.dtype), params)}
+  if with_scores and 'scores' in meta:
+    items['scores'] = {name: spec(tuple(s['shape']), s['dtype'])
+                       for name, s in meta['scores'].items()}
+  out = checkpointing.restore_items(manager, step, **items)
+  manager.close()
+  scores = out.get('scores')
+  return Restored(where, meta, config, dataset, graphdef, out['params'], rest,
+                  None if scores is None else (scores['user'], scores['item']))
+
+
+def embeddings(restored: Restored, mode: str = 'auto'
+               ) -> tuple[tuple[jax.Array, jax.Array], str]:
+  """((user, item) embeddings to rank, the mode used).
+
+  Args:
+    restored: from `load`.
+    mode: 'saved' (the stored ones), 'recompute' (from the params) or
+      'auto' (saved for eval_embeddings='last_step', else recompute).
+  """
+  if mode == 'auto':
+    mode = ('saved' if restored.config.eval_embeddings == 'last_step'
+            else 'recompute')
+  if mode == 'saved':
+    if restored.scores is None:
+      raise ValueError(f'{restored.path} stores no embeddings (only best '
+                       'checkpoints do); use --embeddings recompute')
+    return restored.scores, mode
+  if mode != 'recompute':
+    raise ValueError(f'embeddings mode {mode!r}: expected auto, saved or '
+                     'recompute')
+  config, dataset = restored.config, restored.dataset
+  family = registry.get(config.model)
+  # The same static settings as training, hence the same compiled scorer.
+  hp = family.make_hparams(
+      config, spmm_kernel=train.resolve_kernel(config.spmm_kernel),
+      max_row_len=data_lib.max_row_length(dataset.split('train')[0]))
+  data = data_lib.to_device(dataset, config.knn_k)
+  scores = train.clean_scores(restored.params, restored.rest, data,
+                              graphdef=restored.graphdef, family=family, hp=hp)
+  return scores, mode
+
+
+def evaluate(restored: Restored, mode: str = 'auto',
+             ks: Sequence[int] = KS) -> dict[str, Any]:
+  """{'checkpoint', 'epoch', 'embeddings', 'valid', 'test'} metrics."""
+  (user, item), mode = embeddings(restored, mode)
+  # Training's cut-offs as well, so that every logged number is reproduced.
+  ks = tuple(sorted(set(ks) | set(restored.config.topk)))
+  train_split = restored.dataset.split('train')
+  out = {'checkpoint': str(restored.path), 'epoch': restored.epoch,
+         'embeddings': mode}
+  for split in ('valid', 'test'):
+    out[split] = metrics_lib.evaluate_embeddings(
+        user, item, *restored.dataset.split(split), *train_split, ks=ks,
+        chunk_size=int(restored.config.eval_batch_size))
+  return out
+
+
+def format_table(result: dict[str, Any]) -> str:
+  rows = [f'{"metric":<14}{"valid":>10}{"test":>10}']
+  for name in result['valid']:
+    rows.append(f'{name:<14}{result["valid"][name]:>10.4f}'
+                f'{result["test"][name]:>10.4f}')
+  return '\n'.join(rows)
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+  where = parser.add_mutually_exclusive_group(required=True)
+  where.add_argument('--workdir', help='training workdir: its best checkpoint')
+  where.add_argument('--checkpoint', help='a checkpoint manager or step dir')
+  parser.add_argument('--data-npz', help='dataset .npz (default: training\'s)')
+  parser.add_argument('--embeddings', default='auto',
+                      choices=('auto', 'saved', 'recompute'))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  add_checkpoint_args(parser)
+  parser.add_argument('--json-out', help='also write the metrics as JSON')
+  args = parser.parse_args(argv)
+  restored = load(args.workdir or args.checkpoint, data_npz=args.data_npz,
+                  with_scores=args.embeddings != 'recompute')
+  result = evaluate(restored, args.embeddings)
+  print(f'{result["checkpoint"]} (epoch {result["epoch"]}, '
+        f'{result["embeddings"]} embeddings)')
+  print(format_table(result))
+  text = json.dumps(result, indent=2)
+  if args.json_out:
+    pathlib.Path(args.json_out).write_text(text + '\n')
+  else:
+    print(text)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,161 @@
+"""Top-K items per user from a checkpoint, training items excluded.
+
+  python -m mentor_jax.recommend --workdir runs/small --users 0,5,7 --k 20 \
+      --out recs.tsv
+  python -m mentor_jax.recommend --workdir runs/small --users-file ids.txt \
+      --k 10 --out recs.json
+
+User and item ids are those of the dataset (the `.inter` file's userID and
+itemID). The embeddings are the ones `evaluate` ranks (see its docstring).
+Output: TSV `user, rank, item, score` (rank 1 = best) or JSON
+`[{"user", "items", "scores"}]`; a user with fewer than K unseen items gets
+only those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import pathlib
+import sys
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mentor_jax import evaluate as evaluate_lib
+
+
+@functools.partial(jax.jit, static_argnames=('k',))
+def _top_k(user_emb, item_emb, users, excluded, *, k):
+  """Top-k (scores, items) for [n_chunks, C] users, one chunk at a time.
+
+  `excluded` is [n_chunks, C, L] item ids to mask per user, padded with the
+  out-of-range id I, which the scatter drops.
+  """
+  def one_chunk(xs):
+    u, ex = xs
+    scores = jnp.matmul(user_emb[u], item_emb.T, precision='highest')
+    rows = jnp.arange(u.shape[0])[:, None]
+    scores = scores.at[rows, ex].set(-jnp.inf, mode='drop')
+    return jax.lax.top_k(scores, k)
+
+  return jax.lax.map(one_chunk, (users, excluded))
+
+
+def parse_users(spec: str, n_users: int) -> np.ndarray:
+  """Ids from '0,5,7' (or one per line); clear errors for bad or unknown ids.
+
+  Raises:
+    ValueError: a token is not an integer, or an id is outside [0, n_users).
+  """
+  tokens = [t for t in spec.replace(',', ' ').split() if t]
+  if not tokens:
+    raise ValueError('no user ids given')
+  bad = [t for t in tokens if not t.lstrip('-').isdigit()]
+  if bad:
+    raise ValueError(f'user ids must be integers; got {bad[:5]}')
+  users = np.asarray([int(t) for t in tokens], np.int64)
+  out = users[(users < 0) | (users >= n_users)]
+  if out.size:
+    raise ValueError(f'unknown user ids (this dataset has users 0..'
+                     f'{n_users - 1}): {sorted(set(out.tolist()))[:10]}')
+  return users.astype(np.int32)
+
+
+def top_items(user_emb: jax.Array, item_emb: jax.Array,
+              train_indptr: np.ndarray, train_items: np.ndarray,
+              users: np.ndarray, k: int, chunk_size: int = 1024
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """(items [n, k] int32, scores [n, k] f32), best first; -1 / -inf pads.
+
+  Args:
+    user_emb: [U, D]; item_emb: [I, D].
+    train_indptr: [U + 1] CSR of each user's training items (excluded).
+    train_items: their item ids.
+    users: [n] user ids.
+    k: items per user, 1 <= k <= I.
+    chunk_size: users scored at a time ([chunk_size, I] scores are live).
+  """
+  n_items = item_emb.shape[0]
+  if not 1 <= k <= n_items:
+    raise ValueError(f'k={k}: expected 1 <= k <= {n_items} (the items)')
+  indptr = np.asarray(train_indptr, np.int64)
+  n = users.size
+  chunk = min(chunk_size, n)
+  n_pad = -(-n // chunk) * chunk
+  # [n_pad, L] training items of each requested user, padded with I.
+  counts = indptr[users + 1] - indptr[users]
+  width = 1 << max(int(counts.max(initial=1)) - 1, 0).bit_length()
+  row = np.repeat(np.arange(n), counts)
+  col = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts,
+                                            counts)
+  excluded = np.full((n_pad, width), n_items, np.int32)
+  excluded[row, col] = np.asarray(train_items)[indptr[users][row] + col]
+  padded = np.zeros(n_pad, np.int32)
+  padded[:n] = users
+  scores, items = _top_k(
+      user_emb, item_emb, padded.reshape(-1, chunk),
+      excluded.reshape(-1, chunk, width), k=k)
+  scores = np.asarray(scores).reshape(n_pad, k)[:n]
+  items = np.asarray(items).reshape(n_pad, k)[:n].astype(np.int32)
+  # Fewer than k unseen items: the rest were training items, drop them.
+  items[np.isneginf(scores)] = -1
+  return items, scores
+
+
+def write(path: str | None, users: np.ndarray, items: np.ndarray,
+          scores: np.ndarray) -> None:
+  """TSV (stdout or *.tsv) or JSON (*.json)."""
+  records = [(int(u), [int(i) for i in its if i >= 0],
+              [float(s) for i, s in zip(its, ss) if i >= 0])
+             for u, its, ss in zip(users, items, scores)]
+  if path and path.endswith('.json'):
+    pathlib.Path(path).write_text(json.dumps(
+        [{'user': u, 'items': i, 'scores': s} for u, i, s in records],
+        indent=1) + '\n')
+    return
+  if path and not path.endswith('.tsv'):
+    raise ValueError(f'--out {path}: expected a .tsv or .json file name')
+  lines = ['user\trank\titem\tscore']
+  lines += [f'{u}\t{r + 1}\t{i}\t{s!r}' for u, its, ss in records
+            for r, (i, s) in enumerate(zip(its, ss))]
+  text = '\n'.join(lines) + '\n'
+  if path:
+    pathlib.Path(path).write_text(text)
+  else:
+    sys.stdout.write(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  evaluate_lib.add_checkpoint_args(parser)
+  who = parser.add_mutually_exclusive_group(required=True)
+  who.add_argument('--users', help='comma-separated user ids, e.g. 0,5,7')
+  who.add_argument('--users-file', help='a file with one user id per line')
+  parser.add_argument('--k', type=int, default=20)
+  parser.add_argument('--out', help='recs.tsv or recs.json (default: TSV on '
+                      'stdout)')
+  args = parser.parse_args(argv)
+  restored = evaluate_lib.load(args.workdir or args.checkpoint,
+                               data_npz=args.data_npz,
+                               with_scores=args.embeddings != 'recompute')
+  spec = (args.users if args.users is not None
+          else pathlib.Path(args.users_file).read_text())
+  try:
+    users = parse_users(spec, restored.dataset.n_users)
+  except ValueError as e:
+    parser.error(str(e))
+  (user_emb, item_emb), _ = evaluate_lib.embeddings(restored,
+                                                    args.embeddings)
+  items, scores = top_items(user_emb, item_emb,
+                            *restored.dataset.split('train'), users, args.k,
+                            int(restored.config.eval_batch_size))
+  write(args.out, users, items, scores)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
