@@ -107,6 +107,8 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
       max_row_len=data_lib.max_row_length(dataset.split('train')[0]))
   data = data_lib.to_device(dataset, config.knn_k)
   model = family.create_model(config, dataset)
+  n_train = dataset.n_train
+  dataset.release_device_only()  # As train.train_and_evaluate does.
   graphdef, rest, state = train.init_state(model, hp, config.seed)
   del model
   evaluator = train.Evaluator(dataset, config)
@@ -114,7 +116,6 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   # VmHWM after each phase: tells which phase sets the peak.
   hwm = {'setup': common.vm_hwm_gib()}
 
-  n_train = dataset.n_train
   full_steps = data_lib.steps_per_epoch(n_train, hp.batch_size)
   steps = spec.get('steps')
   subset = bool(steps) and steps * hp.batch_size < n_train

@@ -106,7 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Engineering knobs; none of them changes results beyond float rounding.
   config.spmm_kernel = 'auto'  # 'auto' | 'csr' | 'bcoo' | 'segment_sum'
   config.infonce_impl = 'fused'  # 'fused' (blockwise, exact), 'naive', 'sharded'
-  config.infonce_block_size = 1024
+  config.infonce_block_size = 256
 
   # Scale-out (mentor_jax/distributed.py; README "Several devices and hosts").
   # 'auto': one 'data' axis over every device of every process; an int n

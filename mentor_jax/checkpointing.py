@@ -67,8 +67,8 @@ def signature(model_name: str, dataset: Any, params: Any) -> dict[str, Any]:
       'model': model_name,
       'n_users': dataset.n_users,
       'n_items': dataset.n_items,
-      'dim_v': int(dataset.arrays['feat_v'].shape[1]),
-      'dim_t': int(dataset.arrays['feat_t'].shape[1]),
+      'dim_v': dataset.dim_v,
+      'dim_t': dataset.dim_t,
       'params': {_leaf_name(p): f'{jnp.dtype(x.dtype).name}{list(x.shape)}'
                  for p, x in leaves},
   }

@@ -42,11 +42,34 @@ class Dataset:
 
   @property
   def n_train(self) -> int:
-    return int(self.arrays['train_user'].shape[0])
+    return int(self.arrays['train_item'].shape[0])
+
+  @property
+  def dim_v(self) -> int:
+    return int(self.meta['feat_v']['dim'])
+
+  @property
+  def dim_t(self) -> int:
+    return int(self.meta['feat_t']['dim'])
 
   def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-user CSR (indptr [U+1], items) of 'train', 'valid' or 'test'."""
     return self.arrays[f'{name}_indptr'], self.arrays[f'{name}_items']
+
+  def release_device_only(self) -> None:
+    """Drops the host copies of arrays that only `to_device` reads.
+
+    Once they are on the device, the host copies only double the memory
+    (the 4096-d features alone are 377 MB on Clothing). The per-user split
+    CSRs and `train_item`, which evaluation and baselines use, stay.
+    """
+    for key in DEVICE_ONLY_KEYS:
+      self.arrays.pop(key, None)
+
+
+# Arrays that `to_device` copies and nothing on the host reads afterwards.
+DEVICE_ONLY_KEYS = ('feat_v', 'feat_t', 'adj_indptr', 'adj_indices',
+                    'adj_values', 'knn_v', 'knn_t', 'train_user', 'neg_items')
 
 
 def load_dataset(path: str | pathlib.Path) -> Dataset:

@@ -37,7 +37,7 @@ class Hparams(family.TrainHparams):
   noise_eps: float = 0.1
   spmm_kernel: str = 'csr'
   infonce_impl: str = 'fused'
-  infonce_block_size: int = 1024
+  infonce_block_size: int = 256
   infonce_scope: str = 'all'  # Scale-out (distributed.py): 'all' | 'batch'.
   # Code-vs-paper switches (configs/base.py, docs/paper_vs_code.md); the
   # defaults are the official code.
@@ -240,7 +240,7 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> model_lib.Mentor:
       'perturbation', 'separate_encoders') == 'separate_encoders')
   return model_lib.Mentor(
       dataset.n_users, dataset.n_items,
-      dataset.arrays['feat_v'].shape[1], dataset.arrays['feat_t'].shape[1],
+      dataset.dim_v, dataset.dim_t,
       perturbed=separate, fusion=config.get('fusion', 'per_user'),
       rngs=nnx.Rngs(params=config.seed))
 

@@ -78,6 +78,16 @@ def _fmt(x: float | None) -> str:
   return '' if x is None else f'{x:.4f}'
 
 
+def _settings(config: dict[str, Any]) -> str:
+  """The settings that tell runs of one model apart."""
+  keys = {'lightgcn': ('n_layers',), 'freedom': ('dropout',),
+          'mentor': ('mask_weight_g', 'temp')}.get(config['model'], ())
+  keys = ('learning_rate', 'reg_weight') + keys
+  return ', '.join(f'{k.removesuffix("_weight")}={config[k]:g}'
+                   .replace('learning_rate', 'lr')
+                   for k in keys if k in config)
+
+
 def render(runs: Sequence[dict[str, Any]], notes: str = '') -> str:
   """The Markdown page; `notes` (Markdown) goes below the table."""
   lines = [
@@ -90,9 +100,9 @@ def render(runs: Sequence[dict[str, Any]], notes: str = '') -> str:
       'fresh draw of the same split rule and synthetic (unused) features. '
       'TikTok has no row in that table.',
       '',
-      '| model | dataset | R@10 | R@20 | N@10 | N@20 | paper R@20 | '
-      'paper N@20 | best epoch / run | stop | s/epoch | run |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|',
+      '| model | dataset | settings | R@10 | R@20 | N@10 | N@20 | '
+      'paper R@20 | paper N@20 | best epoch / run | stop | s/epoch | run |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for run in sorted(runs, key=lambda r: (r['config']['dataset'],
                                          r['config']['model'])):
@@ -107,7 +117,7 @@ def render(runs: Sequence[dict[str, Any]], notes: str = '') -> str:
     else:  # Interrupted (resumable) or still running: no result.json yet.
       stop = 'no result.json (interrupted)'
     lines.append('| ' + ' | '.join([
-        MODEL_NAMES.get(c['model'], c['model']), dataset,
+        MODEL_NAMES.get(c['model'], c['model']), dataset, _settings(c),
         *(_fmt(test.get(m)) for m in METRICS),
         _fmt(paper[1] if paper else None), _fmt(paper[3] if paper else None),
         f'{res["best_epoch"]} / {res["epochs_run"]}', stop,

@@ -136,12 +136,10 @@ class Evaluator:
     self._chunk = int(config.eval_batch_size)
 
   def __call__(self, user_emb, item_emb) -> dict[str, dict[str, float]]:
-    out = {}
-    for name, (indptr, items) in self._splits.items():
-      out[name] = metrics_lib.evaluate_embeddings(
-          user_emb, item_emb, indptr, items, *self._train, ks=self._ks,
-          chunk_size=self._chunk)
-    return out
+    # One ranking pass serves both splits (they share the training mask).
+    return metrics_lib.evaluate_splits(
+        user_emb, item_emb, self._splits, *self._train, ks=self._ks,
+        chunk_size=self._chunk)
 
 
 class EarlyStopping:
@@ -240,6 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       max_row_len=data_lib.max_row_length(dataset.split('train')[0]))
   data = data_lib.to_device(dataset, config.knn_k)
   model = family.create_model(config, dataset)
+  dataset.release_device_only()  # Their device copies are in `data`.
   graphdef, rest, state = init_state(model, hp, config.seed)
   del model
   # Scale-out: global arrays on the mesh, the epoch and the evaluation with

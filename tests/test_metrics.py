@@ -225,3 +225,18 @@ def test_popularity_baseline():
   _, tops, _, ref = brute_force(ue, ie, gt, train, (1, 2, 5))
   np.testing.assert_array_equal(tops[0], [3, 1, 0, 5, 2, 4, 6])
   assert_metrics_close(run(ue, ie, gt, train, ks=(1, 2, 5)), ref)
+
+
+@pytest.mark.parametrize('seed', [0, 5])
+def test_one_pass_over_several_splits_equals_separate_ones(seed):
+  ue, ie, valid, train = random_case(seed)
+  # A second split with other users empty than the first.
+  _, _, test, _ = random_case(seed + 100)
+  ti, titems = to_csr(train)
+  got = metrics.evaluate_splits(
+      jnp.asarray(ue), jnp.asarray(ie),
+      {'valid': to_csr(valid), 'test': to_csr(test)}, ti, titems, ks=KS,
+      chunk_size=8)
+  for name, lists in (('valid', valid), ('test', test)):
+    _, _, _, ref = brute_force(ue, ie, lists, train, KS)
+    assert_metrics_close(got[name], ref)
