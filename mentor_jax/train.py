@@ -368,6 +368,7 @@ def main(argv):
   if config is None:
     raise app.UsageError('--config is required, e.g. configs/small.py')
   workdir = FLAGS.workdir or f'runs/{config.dataset}'
+  checkpointing.quiet_orbax_logs()
   result = train_and_evaluate(config, workdir)
   if 'interrupted' in result:
     # The shell's convention for "ended by this signal" (130, 143), so that
