@@ -102,6 +102,8 @@ def to_device(dataset: Dataset, knn_k: int) -> DeviceData:
         f'config knn_k={knn_k} but {dataset.path} stores {stored_k} '
         f'neighbours per item (field knn_v); expected 1 <= knn_k <= '
         f'{stored_k}. Re-run data_prep with --knn-k {knn_k}.')
+  check_negatives_exist(a['train_indptr'], a['train_items'],
+                        a['neg_items'].shape[0], dataset.path)
   put = jnp.asarray
   return DeviceData(
       feat_v=put(a['feat_v']),
@@ -118,6 +120,31 @@ def to_device(dataset: Dataset, knn_k: int) -> DeviceData:
       train_items=put(a['train_items']),
       neg_items=put(a['neg_items']),
   )
+
+
+def check_negatives_exist(indptr: np.ndarray, items: np.ndarray, n_neg: int,
+                          path: Any = '') -> None:
+  """Raises if some user has trained on every item that can be a negative.
+
+  The sampler redraws until it finds an item outside the user's training
+  set; for such a user it would never stop (MMRec's loop would not either).
+  """
+  indptr = np.asarray(indptr, np.int64)
+  items = np.asarray(items)
+  # Distinct items per user: entries that differ from their predecessor in
+  # the same (sorted) row.
+  new = np.ones(items.shape[0], bool)
+  new[1:] = items[1:] != items[:-1]
+  new[indptr[:-1][np.diff(indptr) > 0]] = True
+  counts = np.concatenate([[0], np.cumsum(new)])
+  distinct = counts[indptr[1:]] - counts[indptr[:-1]]
+  full = np.flatnonzero(distinct >= n_neg)
+  if full.size:
+    raise ValueError(
+        f'{path}: user {int(full[0])} (and {full.size - 1} more) has '
+        f'training interactions with all {n_neg} items that occur in train '
+        '(field train_items), so no negative item can be drawn for them; '
+        'expected every user to leave at least one training item unseen.')
 
 
 class Batches(NamedTuple):

@@ -114,3 +114,16 @@ def test_epoch_batches_are_deterministic():
 def test_knn_k_larger_than_stored_is_rejected(tiny_dataset):
   with pytest.raises(ValueError, match='knn_k'):
     data_lib.to_device(data_lib.load_dataset(tiny_dataset), knn_k=10_000)
+
+
+def test_user_with_every_item_is_rejected():
+  # User 1 has seen both items that occur in train: no negative exists.
+  indptr = np.array([0, 1, 4], np.int32)
+  items = np.array([0, 0, 1, 1], np.int32)
+  with pytest.raises(ValueError, match='user 1'):
+    data_lib.check_negatives_exist(indptr, items, 2, 'x.npz')
+  data_lib.check_negatives_exist(indptr, items, 3, 'x.npz')  # One unseen.
+  data_lib.check_negatives_exist(np.array([0, 0, 0]), np.zeros(0, np.int32),
+                                 1)  # Users without rows are fine,
+  data_lib.check_negatives_exist(np.array([0, 2, 2]), np.array([0, 1]),
+                                 3)  # also after the last non-empty row.
