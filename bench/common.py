@@ -26,7 +26,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import subprocess
 import sys
 import tempfile

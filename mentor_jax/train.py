@@ -14,10 +14,8 @@ command resumes, and SIGINT/SIGTERM stop cleanly between epochs.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
-import math
 import os
 import pathlib
 import signal

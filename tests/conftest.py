@@ -71,3 +71,25 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
   out = folder.parent / 'tiny.npz'
   convert.convert(folder, out)
   return out
+
+
+def prepare_tiktok_slice(shared: Path, folder: Path, n_users: int) -> Path:
+  """The first `n_users` users of the real TikTok data, as a prepared .npz.
+
+  The acoustic features fill the second modality slot (see the dataset's
+  README); feature rows are cut to the slice's items.
+  """
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  from data_prep import convert  # pylint: disable=g-import-not-at-top
+  src = shared / 'tiktok'
+  df = pd.read_csv(src / 'tiktok.inter', sep='\t')
+  df = df[df.userID < n_users]
+  n_items = int(df.itemID.max()) + 1
+  folder.mkdir(parents=True, exist_ok=True)
+  df.to_csv(folder / 'tiktok.inter', sep='\t', index=False)
+  for name in ('image_feat.npy', 'audio_feat.npy'):
+    np.save(folder / name, np.load(src / name)[:n_items])
+  out = folder / 'tiktok.npz'
+  convert.convert(folder, out, name='tiktok', v_feat='image_feat.npy',
+                  t_feat='audio_feat.npy', knn_k=10)
+  return out

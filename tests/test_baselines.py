@@ -6,11 +6,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pandas as pd
 import pytest
 
+import conftest
+
 from configs import baseline
-from data_prep import convert as convert_lib
 from mentor_jax import data as data_lib
 from mentor_jax import registry
 from mentor_jax import train
@@ -190,18 +190,8 @@ def test_freedom_scores_use_the_full_graph(tiny_dataset):
 @pytest.fixture(scope='module')
 def tiktok_small(shared_data, tmp_path_factory):
   """The first 600 users of the real TikTok data, prepared as .npz."""
-  src = shared_data / 'tiktok'
-  df = pd.read_csv(src / 'tiktok.inter', sep='\t')
-  df = df[df.userID < 600]
-  n_items = int(df.itemID.max()) + 1
-  folder = tmp_path_factory.mktemp('tiktok_small')
-  df.to_csv(folder / 'tiktok.inter', sep='\t', index=False)
-  for name in ('image_feat.npy', 'audio_feat.npy'):
-    np.save(folder / name, np.load(src / name)[:n_items])
-  out = folder / 'tiktok.npz'
-  convert_lib.convert(folder, out, name='tiktok', v_feat='image_feat.npy',
-                      t_feat='audio_feat.npy', knn_k=10)
-  return out
+  return conftest.prepare_tiktok_slice(
+      shared_data, tmp_path_factory.mktemp('tiktok_small'), 600)
 
 
 @pytest.mark.parametrize('model', ['mfbpr', 'lightgcn', 'freedom'])

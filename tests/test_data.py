@@ -68,7 +68,6 @@ def test_negatives_are_never_training_positives():
 
 
 def test_negatives_are_uniform_over_allowed_items():
-  rng = np.random.default_rng(2)
   n_items = 30
   # User 0 owns items 0..9; items 25..29 never occur in train, so they may
   # never be drawn. Allowed for user 0: items 10..24 (15 items).

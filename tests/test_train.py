@@ -4,11 +4,11 @@ import dataclasses
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
+import conftest
+
 from configs import tiny
-from data_prep import convert as convert_lib
 from mentor_jax import data as data_lib
 from mentor_jax import metrics
 from mentor_jax import objective
@@ -19,18 +19,8 @@ from mentor_jax import train
 @pytest.fixture(scope='module')
 def tiktok_slice(shared_data, tmp_path_factory):
   """The first 1,200 users of the real TikTok data, prepared as .npz."""
-  src = shared_data / 'tiktok'
-  df = pd.read_csv(src / 'tiktok.inter', sep='\t')
-  df = df[df.userID < 1200]
-  n_items = int(df.itemID.max()) + 1
-  folder = tmp_path_factory.mktemp('tiktok_slice')
-  df.to_csv(folder / 'tiktok.inter', sep='\t', index=False)
-  for name in ('image_feat.npy', 'audio_feat.npy'):
-    np.save(folder / name, np.load(src / name)[:n_items])
-  out = folder / 'tiktok.npz'
-  convert_lib.convert(folder, out, name='tiktok', v_feat='image_feat.npy',
-                      t_feat='audio_feat.npy', knn_k=10)
-  return out
+  return conftest.prepare_tiktok_slice(
+      shared_data, tmp_path_factory.mktemp('tiktok_slice'), 1200)
 
 
 def test_training_beats_popularity_on_real_tiktok(tiktok_slice, tmp_path):
