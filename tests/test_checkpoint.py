@@ -258,6 +258,17 @@ def test_sigkill_leaves_a_restorable_checkpoint(tiny_dataset, tmp_path,
   with (tmp_path.parent / f'{tmp_path.name}.log').open('w') as log:
     proc = _start_and_wait(tmp_path, tiny_dataset, subprocess_env, log,
                            min_epochs=3)
+    # Saves are asynchronous: under load the logged epochs can run ahead of
+    # the finalized checkpoints. Wait for a finalized one past epoch 0 (Orbax
+    # renames a step's tmp directory to the bare step number when done).
+    latest = tmp_path / 'checkpoints' / checkpointing.LATEST
+    deadline = time.monotonic() + 180
+    while not any(p.name.isdigit() and int(p.name) >= 1
+                  for p in latest.glob('*')):
+      if time.monotonic() > deadline or proc.poll() is not None:
+        proc.kill()
+        pytest.fail('no finalized checkpoint past epoch 0 in time')
+      time.sleep(0.05)
     proc.kill()  # SIGKILL: no handler runs, a save may be half written.
     proc.wait(timeout=60)
   ckpt = checkpointing.Checkpointer(tmp_path / 'checkpoints',
