@@ -45,7 +45,6 @@ def child(args: argparse.Namespace) -> None:
   from mentor_jax import data as data_lib
   from mentor_jax import datasets
   from mentor_jax import distributed
-  from mentor_jax import registry
   from mentor_jax import train
 
   n = args.child
@@ -58,13 +57,7 @@ def child(args: argparse.Namespace) -> None:
   config.infonce_impl = 'sharded' if n > 1 else 'fused'
   config.shard_tables = args.shard_tables
   dataset = datasets.load_for_config(config)
-  family = registry.get(config.model)
-  hp = family.make_hparams(
-      config, spmm_kernel=train.resolve_kernel(config.spmm_kernel),
-      max_row_len=data_lib.max_row_length(dataset.split('train')[0]))
-  data = data_lib.to_device(dataset, config.knn_k)
-  graphdef, rest, state = train.init_state(
-      family.create_model(config, dataset), hp, config.seed)
+  family, hp, data, graphdef, rest, state = train.setup(config, dataset)
   # A Runner over n devices; with n = 1 it is inactive (the plain trainer).
   runner = distributed.Runner(distributed.make_mesh(n), args.shard_tables)
   state, rest, data = runner.place(state, rest, data)

@@ -85,7 +85,6 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mentor_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from mentor_jax import datasets  # pylint: disable=g-import-not-at-top
-  from mentor_jax import registry  # pylint: disable=g-import-not-at-top
   from mentor_jax import train  # pylint: disable=g-import-not-at-top
 
   overrides = dict(spec.get('overrides') or {})
@@ -101,16 +100,8 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
 
   t0 = time.perf_counter()
   dataset = datasets.load_for_config(config)
-  family = registry.get(config.model)
-  hp = family.make_hparams(
-      config, spmm_kernel=train.resolve_kernel(config.spmm_kernel),
-      max_row_len=data_lib.max_row_length(dataset.split('train')[0]))
-  data = data_lib.to_device(dataset, config.knn_k)
-  model = family.create_model(config, dataset)
+  family, hp, data, graphdef, rest, state = train.setup(config, dataset)
   n_train = dataset.n_train
-  dataset.release_device_only()  # As train.train_and_evaluate does.
-  graphdef, rest, state = train.init_state(model, hp, config.seed)
-  del model
   evaluator = train.Evaluator(dataset, config)
   setup_s = time.perf_counter() - t0
   # VmHWM after each phase: tells which phase sets the peak.

@@ -131,9 +131,7 @@ def embeddings(restored: Restored, mode: str = 'auto'
   config, dataset = restored.config, restored.dataset
   family = registry.get(config.model)
   # The same static settings as training, hence the same compiled scorer.
-  hp = family.make_hparams(
-      config, spmm_kernel=train.resolve_kernel(config.spmm_kernel),
-      max_row_len=data_lib.max_row_length(dataset.split('train')[0]))
+  hp = train.make_hparams(family, config, dataset)
   data = data_lib.to_device(dataset, config.knn_k)
   scores = train.clean_scores(restored.params, restored.rest, data,
                               graphdef=restored.graphdef, family=family, hp=hp)

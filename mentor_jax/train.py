@@ -185,6 +185,42 @@ def resolve_kernel(name: str) -> str:
   return sparse.pick_default_kernel() if name == 'auto' else name
 
 
+def make_hparams(family: family_lib.ModelFamily,
+                 config: ml_collections.ConfigDict,
+                 dataset: data_lib.Dataset) -> family_lib.TrainHparams:
+  """`family`'s static settings for `config`, derived values filled in."""
+  return family.make_hparams(
+      config, spmm_kernel=resolve_kernel(config.spmm_kernel),
+      max_row_len=data_lib.max_row_length(dataset.split('train')[0]))
+
+
+class Setup(NamedTuple):
+  """What a run is built from: the family, its settings, data and state."""
+
+  family: family_lib.ModelFamily
+  hp: family_lib.TrainHparams
+  data: data_lib.DeviceData
+  graphdef: nnx.GraphDef
+  rest: Any
+  state: TrainState
+
+
+def setup(config: ml_collections.ConfigDict,
+          dataset: data_lib.Dataset) -> Setup:
+  """Uploads the data and builds the model and the initial train state.
+
+  The host copies of device-only arrays are released afterwards; the
+  evaluation CSRs stay on `dataset`.
+  """
+  family = registry.get(config.model)
+  hp = make_hparams(family, config, dataset)
+  data = data_lib.to_device(dataset, config.knn_k)
+  model = family.create_model(config, dataset)
+  dataset.release_device_only()  # Their device copies are in `data`.
+  graphdef, rest, state = init_state(model, hp, config.seed)
+  return Setup(family, hp, data, graphdef, rest, state)
+
+
 def format_metrics(m: dict[str, float], ks=(10, 20)) -> str:
   return ' '.join(f'R@{k}={m[f"recall@{k}"]:.4f} N@{k}={m[f"ndcg@{k}"]:.4f}'
                   for k in ks)
@@ -230,15 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                  for k in config.topk}:
     raise ValueError(f'config.valid_metric={config.valid_metric!r}: expected '
                      f'recall@K or ndcg@K with K in {tuple(config.topk)}')
-  family = registry.get(config.model)
-  hp = family.make_hparams(
-      config, spmm_kernel=resolve_kernel(config.spmm_kernel),
-      max_row_len=data_lib.max_row_length(dataset.split('train')[0]))
-  data = data_lib.to_device(dataset, config.knn_k)
-  model = family.create_model(config, dataset)
-  dataset.release_device_only()  # Their device copies are in `data`.
-  graphdef, rest, state = init_state(model, hp, config.seed)
-  del model
+  family, hp, data, graphdef, rest, state = setup(config, dataset)
   # Scale-out: global arrays on the mesh, the epoch and the evaluation with
   # explicit shardings; all identities on one device in one process.
   state, rest, data = runner.place(state, rest, data)

@@ -43,7 +43,6 @@ def step(n_dev: int, variant: str, npz: str, out: str) -> None:
   from flax import nnx
   from mentor_jax import data as data_lib
   from mentor_jax import distributed
-  from mentor_jax import registry
   from mentor_jax import train
 
   assert len(jax.devices()) == n_dev, jax.devices()
@@ -54,13 +53,7 @@ def step(n_dev: int, variant: str, npz: str, out: str) -> None:
     config.infonce_impl = 'sharded'
     config.shard_tables = variant == 'light'
   dataset = data_lib.load_dataset(npz)
-  family = registry.get(config.model)
-  hp = family.make_hparams(
-      config, spmm_kernel=config.spmm_kernel,
-      max_row_len=data_lib.max_row_length(dataset.split('train')[0]))
-  data = data_lib.to_device(dataset, config.knn_k)
-  graphdef, rest, state = train.init_state(
-      family.create_model(config, dataset), hp, config.seed)
+  family, hp, data, graphdef, rest, state = train.setup(config, dataset)
   runner = distributed.Runner(distributed.make_mesh(n_dev),
                               config.shard_tables)
   state, rest, data = runner.place(state, rest, data)
