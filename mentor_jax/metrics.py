@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_prep import convert
+
 Array = jax.Array
 
 
@@ -309,12 +311,10 @@ def evaluate_splits(
   n_users, n_items = user_emb.shape[0], item_emb.shape[0]
   pairs = {name: _pairs(*csr) for name, csr in splits.items()}
   # The union of the splits as one CSR: it selects the users to rank.
-  all_users = np.concatenate([u for u, _ in pairs.values()])
-  all_items = np.concatenate([i for _, i in pairs.values()])
-  order = np.lexsort((all_items, all_users))
-  union_ptr = np.zeros(n_users + 1, np.int64)
-  np.cumsum(np.bincount(all_users, minlength=n_users), out=union_ptr[1:])
-  ranked = rank_users(user_emb, item_emb, union_ptr, all_items[order],
+  union_ptr, union_items = convert.split_csr(
+      np.concatenate([u for u, _ in pairs.values()]),
+      np.concatenate([i for _, i in pairs.values()]), n_users)
+  ranked = rank_users(user_emb, item_emb, union_ptr, union_items,
                       mask_indptr, mask_items, k=max(ks),
                       chunk_size=chunk_size, precision=precision)
   out = {}
