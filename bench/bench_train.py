@@ -123,6 +123,10 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   compiled = train.train_epoch.lower(state, rest, data, **kwargs).compile()
   compile_s = time.perf_counter() - t0
   hwm['compile'] = common.vm_hwm_gib()
+  # As the trainer does: the compiler's freed heap goes back to the OS
+  # before the program's buffers are allocated (--no-trim to measure it).
+  if not spec.get('no_trim'):
+    train.release_freed_host_memory()
   xla_memory = _memory_analysis(compiled)
 
   def one_epoch():
@@ -276,6 +280,9 @@ def main() -> None:
   parser.add_argument('--skip-eval', action='store_true')
   parser.add_argument('--set', action='append', default=[],
                       metavar='KEY=VALUE', help='config override')
+  parser.add_argument('--no-trim', action='store_true',
+                      help='skip train.release_freed_host_memory() after '
+                      'the compile (to measure what it saves)')
   parser.add_argument('--timeout', type=float, help='seconds per workload')
   parser.add_argument('--out', help='JSON output (default: '
                       '$OUT or bench/out, train_<config>.json)')
@@ -296,7 +303,8 @@ def main() -> None:
     spec = {'config': args.config, 'overrides': parse_overrides(args.set),
             'variant': v, 'data_npz': args.data_npz, 'steps': args.steps,
             'warmup': args.warmup, 'epochs_timed': args.epochs_timed,
-            'eval_reps': args.eval_reps, 'skip_eval': args.skip_eval}
+            'eval_reps': args.eval_reps, 'skip_eval': args.skip_eval,
+            'no_trim': args.no_trim}
     r = run_variant(spec, timeout_s=args.timeout, echo=args.echo)
     r['spec'] = spec
     print(describe(r), flush=True)

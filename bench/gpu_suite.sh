@@ -55,6 +55,16 @@ step train_clothing "$PY" bench/bench_train.py \
   --config configs/synth_clothing.py --data-npz "$DATA/synth_clothing_x1.npz" \
   --epochs-timed "$EPOCHS" --warmup 1 --eval-reps 15 \
   --out "$OUT_DIR/train_synth_clothing.json"
+# Reduced-precision matmuls (mentor_jax/precision.py): native TF32 / bf16.
+for prec in tf32 bf16; do
+  step "train_clothing_$prec" "$PY" bench/bench_train.py \
+    --config configs/synth_clothing.py \
+    --data-npz "$DATA/synth_clothing_x1.npz" --variants full \
+    --set "matmul_precision=$prec" --epochs-timed "$EPOCHS" --warmup 1 \
+    --eval-reps 3 --out "$OUT_DIR/train_synth_clothing_$prec.json"
+done
+step matmul "$PY" bench/bench_matmul.py --rounds 5 --reps 6 \
+  --out "$OUT_DIR/matmul.json"
 step growth "$PY" bench/bench_growth.py --data-dir "$DATA" \
   --scales "$SCALES" --steps "$STEPS" --reps 3 --eval-reps 3 \
   --out "$OUT_DIR/growth_clothing.json"

@@ -107,6 +107,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.spmm_kernel = 'auto'  # 'auto' | 'csr' | 'bcoo' | 'segment_sum'
   config.infonce_impl = 'fused'  # 'fused' (blockwise, exact), 'naive', 'sharded'
   config.infonce_block_size = 256
+  # Precision of the training matmuls (item MLPs, InfoNCE; mentor_jax/
+  # precision.py): 'float32' (strict; the official code's), 'tf32' or
+  # 'bf16' (float32 accumulation). Evaluation always scores in float32.
+  # Unlike the knobs above, the reduced ones change results: their effect on
+  # metrics is measured in bench/RESULTS.md ("Precision").
+  config.matmul_precision = 'float32'
 
   # Scale-out (mentor_jax/distributed.py; README "Several devices and hosts").
   # 'auto': one 'data' axis over every device of every process; an int n

@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 from mentor_jax import losses
 from mentor_jax import metrics as metrics_lib
+from mentor_jax import precision as precision_lib
 
 AXIS = 'data'
 
@@ -174,15 +175,15 @@ def to_global(tree: Any, shardings: Any) -> Any:
 # InfoNCE over row shards.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _lse_sum(a_hat: jax.Array, b_hat: jax.Array, valid: jax.Array,
-             temp: jax.Array, block: int) -> jax.Array:
+             temp: jax.Array, block: int, precision: str) -> jax.Array:
   """sum over valid rows i of logsumexp_j(<a_i, b_j> / temp), blockwise.
 
   `a_hat` may have fewer rows than `b_hat` (a device's row block); the
   backward pass recomputes the logits tile by tile as `losses` does.
   """
-  out, _ = _lse_sum_fwd(a_hat, b_hat, valid, temp, block)
+  out, _ = _lse_sum_fwd(a_hat, b_hat, valid, temp, block, precision)
   return out
 
 
@@ -195,12 +196,12 @@ def _blocks(a_hat, valid, block):
   return a, v
 
 
-def _lse_sum_fwd(a_hat, b_hat, valid, temp, block):
+def _lse_sum_fwd(a_hat, b_hat, valid, temp, block, precision):
   a_blocks, v_blocks = _blocks(a_hat, valid, block)
 
   def one(xs):
     a_blk, v_blk = xs
-    logits = a_blk @ b_hat.T / temp
+    logits = precision_lib.matmul(a_blk, b_hat.T, precision) / temp
     m = jnp.max(logits, axis=-1, keepdims=True)
     lse = m[:, 0] + jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1))
     return jnp.where(v_blk, lse, 0.0)
@@ -209,7 +210,7 @@ def _lse_sum_fwd(a_hat, b_hat, valid, temp, block):
   return jnp.sum(lse), (a_hat, b_hat, valid, temp, lse)
 
 
-def _lse_sum_bwd(block, res, g):
+def _lse_sum_bwd(block, precision, res, g):
   a_hat, b_hat, valid, temp, lse = res
   n, d = a_hat.shape
   a_blocks, v_blocks = _blocks(a_hat, valid, block)
@@ -218,11 +219,11 @@ def _lse_sum_bwd(block, res, g):
   def step(carry, xs):
     db, dt = carry
     a_blk, v_blk, lse_blk = xs
-    logits = a_blk @ b_hat.T / temp
+    logits = precision_lib.matmul(a_blk, b_hat.T, precision) / temp
     p = jnp.where(v_blk[:, None], jnp.exp(logits - lse_blk[:, None]), 0.0)
-    db = db + p.T @ a_blk
+    db = db + precision_lib.matmul(p.T, a_blk, precision)
     dt = dt + jnp.sum(p * logits)
-    return (db, dt), p @ b_hat
+    return (db, dt), precision_lib.matmul(p, b_hat, precision)
 
   # The zero carry takes its device-variance (shard_map's vma type) from
   # `lse`, which depends on both operands, so the scan types agree.
@@ -239,7 +240,8 @@ _lse_sum.defvjp(_lse_sum_fwd, _lse_sum_bwd)
 
 
 def info_nce_sharded(a: jax.Array, b: jax.Array, temp: float | jax.Array, *,
-                     block_size: int = 1024) -> jax.Array:
+                     block_size: int = 1024,
+                     precision: str = 'float32') -> jax.Array:
   """`losses.info_nce` with the rows of `a` split over the 'data' axis.
 
   Each device owns a row block of `a` (and the matching positives of `b`)
@@ -250,7 +252,8 @@ def info_nce_sharded(a: jax.Array, b: jax.Array, temp: float | jax.Array, *,
   """
   n_dev = _mesh_size()
   if n_dev == 1:
-    return losses.info_nce_fused(a, b, temp, block_size=block_size)
+    return losses.info_nce_fused(a, b, temp, block_size=block_size,
+                                 precision=precision)
   n, d = a.shape
   per = -(-n // n_dev)
   pad = per * n_dev - n
@@ -267,7 +270,7 @@ def info_nce_sharded(a: jax.Array, b: jax.Array, temp: float | jax.Array, *,
     # marking them device-varying makes shard_map transpose the cast into
     # the psum that accumulates them over devices.
     b_all, t = jax.lax.pcast((b_all, t), AXIS, to='varying')
-    lse = _lse_sum(a_blk, b_all, valid_blk, t, block)
+    lse = _lse_sum(a_blk, b_all, valid_blk, t, block, precision)
     pos = jnp.sum(jnp.where(valid_blk, jnp.sum(a_blk * b_pos_blk, -1), 0.0))
     return jax.lax.psum(lse - pos / t, AXIS)
 
@@ -299,8 +302,8 @@ def first_occurrence(ids: jax.Array, mask: jax.Array | None = None
 
 
 def info_nce_batch(a: jax.Array, b: jax.Array, temp: float | jax.Array,
-                   ids: jax.Array, mask: jax.Array | None = None
-                   ) -> jax.Array:
+                   ids: jax.Array, mask: jax.Array | None = None,
+                   precision: str = 'float32') -> jax.Array:
   """InfoNCE restricted to the distinct rows `ids` of a batch.
 
   With R = the distinct valid ids, this is `losses.info_nce(a[R], b[R])`:
@@ -311,7 +314,7 @@ def info_nce_batch(a: jax.Array, b: jax.Array, temp: float | jax.Array,
   keep = first_occurrence(ids, mask)
   a_hat = losses.l2_normalize(a[ids])
   b_hat = losses.l2_normalize(b[ids])
-  logits = a_hat @ b_hat.T / temp
+  logits = precision_lib.matmul(a_hat, b_hat.T, precision) / temp
   logits = jnp.where(keep[None, :], logits, -jnp.inf)
   lse = jax.nn.logsumexp(jnp.where(keep[:, None], logits, 0.0), axis=-1)
   pos = jnp.sum(a_hat * b_hat, axis=-1) / temp
@@ -322,7 +325,8 @@ def info_nce_batch(a: jax.Array, b: jax.Array, temp: float | jax.Array,
 def info_nce(a: jax.Array, b: jax.Array, temp: float | jax.Array, *,
              impl: str = 'fused', block_size: int = 1024,
              scope: str = 'all', ids: jax.Array | None = None,
-             mask: jax.Array | None = None) -> jax.Array:
+             mask: jax.Array | None = None,
+             precision: str = 'float32') -> jax.Array:
   """The objective's InfoNCE dispatcher.
 
   Args:
@@ -334,6 +338,7 @@ def info_nce(a: jax.Array, b: jax.Array, temp: float | jax.Array, *,
     scope: 'all' (official: every row) or 'batch' (the batch's distinct
       rows `ids`, padded rows excluded by `mask`).
     ids, mask: [B] batch rows and their 0/1 padding mask (scope 'batch').
+    precision: matmul precision (`precision.py`).
 
   Returns:
     Scalar loss.
@@ -341,12 +346,14 @@ def info_nce(a: jax.Array, b: jax.Array, temp: float | jax.Array, *,
   if scope == 'batch':
     if ids is None:
       raise ValueError("infonce_scope='batch' needs the batch's ids")
-    return info_nce_batch(a, b, temp, ids, mask)
+    return info_nce_batch(a, b, temp, ids, mask, precision)
   if scope != 'all':
     raise ValueError(f"infonce_scope must be 'all' or 'batch', got {scope!r}")
   if impl == 'sharded':
-    return info_nce_sharded(a, b, temp, block_size=block_size)
-  return losses.info_nce_loss(a, b, temp, impl=impl, block_size=block_size)
+    return info_nce_sharded(a, b, temp, block_size=block_size,
+                            precision=precision)
+  return losses.info_nce_loss(a, b, temp, impl=impl, block_size=block_size,
+                              precision=precision)
 
 
 # ---------------------------------------------------------------------------
@@ -399,18 +406,41 @@ class Runner:
     """
     if not self.active:
       return train_epoch
-    state_sh, rest_sh, data_sh = self._shardings
-    jitted = jax.jit(
-        lambda state, rest, data, graphdef, family, hp: train_epoch(
-            state, rest, data, graphdef=graphdef, family=family, hp=hp),
-        static_argnames=('graphdef', 'family', 'hp'), donate_argnums=0,
-        in_shardings=(state_sh, rest_sh, data_sh),
-        out_shardings=(state_sh, self.replicated, self.replicated))
+    jitted = self._sharded_epoch(train_epoch)
 
     def call(state, rest, data, *, graphdef, family, hp):
       with jax.set_mesh(self.mesh):
         return jitted(state, rest, data, graphdef, family, hp)
     return call
+
+  def compile_epoch(self, train_epoch: Callable[..., Any], state: Any,
+                    rest: Any, data: Any, *, graphdef: Any, family: Any,
+                    hp: Any) -> Callable[[Any, Any, Any], Any]:
+    """`wrap_epoch`, compiled ahead of time for these arguments' shapes.
+
+    Returns:
+      f(state, rest, data) -> train_epoch's outputs.
+    """
+    if not self.active:
+      return train_epoch.lower(state, rest, data, graphdef=graphdef,
+                               family=family, hp=hp).compile()
+    with jax.set_mesh(self.mesh):
+      compiled = self._sharded_epoch(train_epoch).lower(
+          state, rest, data, graphdef, family, hp).compile()
+
+    def call(state, rest, data):
+      with jax.set_mesh(self.mesh):
+        return compiled(state, rest, data)
+    return call
+
+  def _sharded_epoch(self, train_epoch: Callable[..., Any]):
+    state_sh, rest_sh, data_sh = self._shardings
+    return jax.jit(
+        lambda state, rest, data, graphdef, family, hp: train_epoch(
+            state, rest, data, graphdef=graphdef, family=family, hp=hp),
+        static_argnames=('graphdef', 'family', 'hp'), donate_argnums=0,
+        in_shardings=(state_sh, rest_sh, data_sh),
+        out_shardings=(state_sh, self.replicated, self.replicated))
 
   def wrap_scores(self, clean_scores: Callable[..., Any]
                   ) -> Callable[..., Any]:

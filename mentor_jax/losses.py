@@ -22,8 +22,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from mentor_jax import precision as precision_lib
+
 Array = jax.Array
-PrecisionLike = jax.lax.PrecisionLike
 
 # F.normalize's default eps.
 _NORMALIZE_EPS = 1e-12
@@ -339,7 +340,7 @@ def l2_normalize(x: Array, eps: float = _NORMALIZE_EPS) -> Array:
 
 
 def info_nce(a: Array, b: Array, temp: float | Array,
-             *, precision: PrecisionLike = None) -> Array:
+             *, precision: str = 'float32') -> Array:
   """Naive InfoNCE reference: materializes the n x n logits (spec §2.5).
 
   `mean_i[-<a_i, b_i>/tau + log sum_j exp(<a_i, b_j>/tau)]` with rows
@@ -351,14 +352,14 @@ def info_nce(a: Array, b: Array, temp: float | Array,
     a: [n, d] anchor rows.
     b: [n, d] positive rows (row i of `b` is the positive of row i of `a`).
     temp: temperature tau (Python float or traced scalar).
-    precision: matmul precision (None: JAX default; on GPU that may be TF32).
+    precision: 'float32' | 'tf32' | 'bf16' (`precision.py`).
 
   Returns:
     Scalar loss.
   """
   a_hat = l2_normalize(a)
   b_hat = l2_normalize(b)
-  logits = jnp.matmul(a_hat, b_hat.T, precision=precision) / temp
+  logits = precision_lib.matmul(a_hat, b_hat.T, precision) / temp
   pos = jnp.sum(a_hat * b_hat, axis=-1) / temp
   return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - pos)
 
@@ -380,13 +381,13 @@ def _row_blocks(x: Array, block: int) -> tuple[Array, Array]:
 
 
 def _block_lse(a_blk: Array, b_hat: Array, temp: Array,
-               precision: PrecisionLike) -> tuple[Array, Array]:
+               precision: str) -> tuple[Array, Array]:
   """Logits of one row block against all of `b_hat`, and their row logsumexp.
 
   The row max is subtracted before exp so that small temperatures cannot
   overflow; the max is treated as a constant (it cancels analytically).
   """
-  logits = jnp.matmul(a_blk, b_hat.T, precision=precision) / temp
+  logits = precision_lib.matmul(a_blk, b_hat.T, precision) / temp
   m = jnp.max(logits, axis=-1, keepdims=True)
   lse = m[:, 0] + jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1))
   return logits, lse
@@ -394,7 +395,7 @@ def _block_lse(a_blk: Array, b_hat: Array, temp: Array,
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _info_nce_core(a_hat: Array, b_hat: Array, temp: Array,
-                   block: int, precision: PrecisionLike) -> Array:
+                   block: int, precision: str) -> Array:
   """Blockwise InfoNCE on normalized rows: the value alone (one matmul)."""
   n = a_hat.shape[0]
   a_blocks, _ = _row_blocks(a_hat, block)
@@ -432,7 +433,7 @@ def _core_fwd(a_hat, b_hat, temp, block, precision):
   def step(carry, xs):
     db_acc, pl_acc = carry
     a_blk, valid_blk = xs
-    logits = jnp.matmul(a_blk, b_hat.T, precision=precision) / temp
+    logits = precision_lib.matmul(a_blk, b_hat.T, precision) / temp
     m = jnp.max(logits, axis=-1, keepdims=True)
     e = jnp.exp(logits - m)
     total = jnp.sum(e, axis=-1, keepdims=True)
@@ -441,8 +442,8 @@ def _core_fwd(a_hat, b_hat, temp, block, precision):
     # (Being zero vectors they would add nothing to dB or dtau anyway; the
     # mask keeps that true whatever the padding value.)
     p = jnp.where(valid_blk[:, None], e * (1.0 / total), 0.0)
-    da_blk = jnp.matmul(p, b_hat, precision=precision)
-    db_acc = db_acc + jnp.matmul(p.T, a_blk, precision=precision)
+    da_blk = precision_lib.matmul(p, b_hat, precision)
+    db_acc = db_acc + precision_lib.matmul(p.T, a_blk, precision)
     pl_acc = pl_acc + jnp.sum(p * logits)
     return (db_acc, pl_acc), (lse, da_blk)
 
@@ -473,7 +474,7 @@ def info_nce_fused(
     temp: float | Array,
     *,
     block_size: int = 1024,
-    precision: PrecisionLike = None,
+    precision: str = 'float32',
 ) -> Array:
   """InfoNCE with the same value as `info_nce`, never forming n x n.
 
@@ -493,7 +494,7 @@ def info_nce_fused(
     b: [n, d] positive rows.
     temp: temperature tau (Python float or traced scalar).
     block_size: rows of `a` per tile; clamped to n.
-    precision: matmul precision (None: JAX default; on GPU that may be TF32).
+    precision: 'float32' | 'tf32' | 'bf16' (`precision.py`).
 
   Returns:
     Scalar loss.
@@ -516,7 +517,7 @@ def info_nce_loss(
     *,
     impl: str = 'fused',
     block_size: int = 1024,
-    precision: PrecisionLike = None,
+    precision: str = 'float32',
 ) -> Array:
   """InfoNCE dispatcher: `impl='fused'` (default) or `'naive'`.
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mentor_jax import precision as precision_lib
 from mentor_jax import sparse
 
 EMBED_DIM = 64  # `embedding_size`; hard-coded in several places upstream.
@@ -132,24 +133,51 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(norm, eps)
 
 
-def item_mlps(features: jax.Array, encoders: Sequence[Encoder]) -> jax.Array:
+def item_mlps(features: jax.Array, encoders: Sequence[Encoder],
+              precision: str = 'float32') -> jax.Array:
   """LeakyReLU(F W1 + b1) W2 + b2 for encoders sharing the input F.
+
+  `precision`: of both matmuls, see `mentor_jax/precision.py`.
 
   Returns:
     [I, n_encoders, 64].
   """
   w1 = jnp.concatenate([e.w1[...] for e in encoders], axis=1)
   b1 = jnp.concatenate([e.b1[...] for e in encoders], axis=0)
-  hidden = jax.nn.leaky_relu(features @ w1 + b1, negative_slope=0.01)
+  hidden = jax.nn.leaky_relu(
+      precision_lib.matmul(features, w1, precision) + b1, negative_slope=0.01)
   hidden = hidden.reshape(features.shape[0], len(encoders), HIDDEN_DIM)
   w2 = jnp.stack([e.w2[...] for e in encoders])  # [n, 256, 64]
   b2 = jnp.stack([e.b2[...] for e in encoders])  # [n, 64]
-  return jnp.einsum('inh,nhd->ind', hidden, w2) + b2
+  return precision_lib.einsum('inh,nhd->ind', hidden, w2, precision) + b2
+
+
+def uniform_rows(key: jax.Array, shape: Sequence[int],
+                 dtype=jnp.float32, block_rows: int = 4096) -> jax.Array:
+  """U[0, 1) of `shape`, drawn in blocks of `block_rows` leading rows.
+
+  The same distribution as `jax.random.uniform(key, shape)` (other values).
+  Why blocks: threefry holds several uint32 arrays of the output's size
+  while it hashes, and drawn in one piece the noise of MENTOR's four
+  perturbed encoders ([U + I, 4, 64] per layer) set the training step's
+  peak; blockwise the Baby epoch program's XLA temp memory fell from 651 to
+  518 MiB (bench/RESULTS.md). Row block b uses fold_in(key, b), so the
+  values do not depend on how the rows are later sharded.
+  """
+  n, rest = shape[0], tuple(shape[1:])
+  if n <= block_rows:
+    return jax.random.uniform(key, tuple(shape), dtype)
+  n_blocks = -(-n // block_rows)
+  blocks = jax.lax.map(
+      lambda b: jax.random.uniform(jax.random.fold_in(key, b),
+                                   (block_rows,) + rest, dtype),
+      jnp.arange(n_blocks))
+  return blocks.reshape((n_blocks * block_rows,) + rest)[:n]
 
 
 def perturb(h: jax.Array, key: jax.Array, eps: float) -> jax.Array:
   """SimGCL-style noise: h + eps * sign(h) * rownorm(U[0, 1))."""
-  noise = l2_normalize(jax.random.uniform(key, h.shape, h.dtype))
+  noise = l2_normalize(uniform_rows(key, h.shape, h.dtype))
   return h + eps * jnp.sign(h) * noise
 
 
@@ -161,7 +189,7 @@ def perturb_uniform(h: jax.Array, key: jax.Array, eps: float) -> jax.Array:
   one vector shared by all nodes would be a constant shift (see
   docs/paper_vs_code.md).
   """
-  return h + eps * jax.random.uniform(key, h.shape, h.dtype)
+  return h + eps * uniform_rows(key, h.shape, h.dtype)
 
 
 _NOISE_FNS = {'simgcl': perturb, 'uniform': perturb_uniform}
@@ -213,24 +241,24 @@ class Embeddings(NamedTuple):
 
 def item_graph(x: jax.Array, knn_v: jax.Array, knn_t: jax.Array, *,
                image_weight: float, n_layers: int,
-               aggregation: str = 'power') -> jax.Array:
+               aggregation: str = 'power', kernel: str = 'csr') -> jax.Array:
   """What the item-item graph adds to the UI output x (Eq. 5-6).
 
   'power' (the code, and the paper's text, which adds the last layer's
   A^(L)): S^L x. 'sum': sum_{l=1..L} S^l x, the LATTICE-style reading.
-  Equal for L = 1.
+  Equal for L = 1. S is applied with `sparse.spmm` (`kernel`), built from
+  the neighbour lists by `sparse.knn_graph`.
   """
   if aggregation not in MM_AGGREGATIONS:
     raise ValueError(f'mm_aggregation must be one of {MM_AGGREGATIONS}, '
                      f'got {aggregation!r}')
-  kw = dict(k=knn_v.shape[1], image_weight=image_weight)
-  if aggregation == 'power':
-    return sparse.knn_propagate(x, knn_v, knn_t, n_layers=n_layers, **kw)
+  s, s_t = sparse.knn_graph(knn_v, knn_t, k=knn_v.shape[1],
+                            image_weight=image_weight)
   total, h = jnp.zeros_like(x), x
   for _ in range(n_layers):
-    h = sparse.knn_propagate(h, knn_v, knn_t, n_layers=1, **kw)
+    h = sparse.spmm(s, h, kernel=kernel, a_t=s_t)
     total = total + h
-  return total
+  return h if aggregation == 'power' else total
 
 
 def forward(model: Mentor, feat_v: jax.Array, feat_t: jax.Array,
@@ -239,7 +267,8 @@ def forward(model: Mentor, feat_v: jax.Array, feat_t: jax.Array,
             n_mm_layers: int = 1, n_ui_layers: int = 2,
             noise_eps: float = 0.1, kernel: str = 'csr',
             perturb_own: bool = False, noise: str = 'simgcl',
-            mm_aggregation: str = 'power') -> Embeddings:
+            mm_aggregation: str = 'power',
+            precision: str = 'float32') -> Embeddings:
   """Runs every encoder of `model` over the whole graph.
 
   `key` drives the perturbed encoders' noise; it may be None for a model
@@ -250,7 +279,8 @@ def forward(model: Mentor, feat_v: jax.Array, feat_t: jax.Array,
   stacked as OWN_PERTURBED: their item MLP outputs and preference tables
   are shared with the clean pass, so the InfoNCE trains them directly.
   `noise` picks the noise (see `propagate`); `mm_aggregation` the
-  item-item aggregation (see `item_graph`).
+  item-item aggregation (see `item_graph`); `precision` the item MLPs'
+  matmul precision (`mentor_jax/precision.py`).
   """
   enc = model.encoders
   if perturb_own and model.perturbed:
@@ -263,9 +293,9 @@ def forward(model: Mentor, feat_v: jax.Array, feat_t: jax.Array,
   }
   z = {}
   for group, feats in (('v', feat_v), ('t', feat_t)):
-    out = item_mlps(feats, [enc[n] for n in by_input[group]])
+    out = item_mlps(feats, [enc[n] for n in by_input[group]], precision)
     z.update({n: out[:, j] for j, n in enumerate(by_input[group])})
-  z['id'] = item_mlps(model.id_feat[...], [enc['id']])[:, 0]
+  z['id'] = item_mlps(model.id_feat[...], [enc['id']], precision)[:, 0]
 
   order = [n for n in CLEAN + PERTURBED if n in enc]
   if perturb_own:
@@ -280,7 +310,8 @@ def forward(model: Mentor, feat_v: jax.Array, feat_t: jax.Array,
   n_items, n_enc, dim = i.shape
   flat = i.reshape(n_items, n_enc * dim)
   smooth = item_graph(flat, knn_v, knn_t, image_weight=mm_image_weight,
-                      n_layers=n_mm_layers, aggregation=mm_aggregation)
+                      n_layers=n_mm_layers, aggregation=mm_aggregation,
+                      kernel=kernel)
   items = (flat + smooth).reshape(n_items, n_enc, dim)
   if 'alpha' in vars(model):
     alpha = model.alpha[...]

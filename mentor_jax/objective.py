@@ -19,6 +19,7 @@ from mentor_jax import distributed
 from mentor_jax import family
 from mentor_jax import losses
 from mentor_jax import model as model_lib
+from mentor_jax import precision as precision_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Hparams(family.TrainHparams):
   mm_aggregation: str = 'power'
   bpr_log_base: float = 2.0
   reg_form: str = 'code'
+  # 'float32' | 'tf32' | 'bf16': the training matmuls (precision.py).
+  matmul_precision: str = 'float32'
 
   def __post_init__(self):
     # ml_collections hands sequences over as lists or tuples; the jit cache
@@ -71,6 +74,8 @@ SWITCHES: dict[str, tuple[str, ...]] = {
     'nce_views': ('fused', 'per_modality'),
     'mm_aggregation': model_lib.MM_AGGREGATIONS,
     'reg_form': ('code', 'paper'),
+    # Not a paper switch: reduced-precision matmuls (precision.py).
+    'matmul_precision': precision_lib.MATMUL_PRECISIONS,
 }
 
 
@@ -123,7 +128,8 @@ def run_forward(model: model_lib.Mentor, data: data_lib.DeviceData,
       n_ui_layers=hp.n_ui_layers, noise_eps=hp.noise_eps,
       kernel=hp.spmm_kernel,
       perturb_own=perturbed and perturbs_own_encoders(hp),
-      noise=hp.noise, mm_aggregation=hp.mm_aggregation)
+      noise=hp.noise, mm_aggregation=hp.mm_aggregation,
+      precision=hp.matmul_precision)
 
 
 def perturbs_own_encoders(hp: Hparams) -> bool:
@@ -180,7 +186,8 @@ def mentor_loss(model: model_lib.Mentor, data: data_lib.DeviceData,
     # Scale-out (distributed.py): 'sharded' impl and 'batch' scope.
     nce = lambda a, b, ids: distributed.info_nce(
         a, b, hp.temp, impl=hp.infonce_impl, block_size=hp.infonce_block_size,
-        scope=hp.infonce_scope, ids=ids, mask=mask)
+        scope=hp.infonce_scope, ids=ids, mask=mask,
+        precision=hp.matmul_precision)
     if hp.nce_views == 'per_modality':
       # Eq. 21: L_gv + L_gt, each over users and items, on 64-d views.
       vu, vi, tu, ti = model_lib.modality_noise_views(emb)
@@ -208,7 +215,8 @@ def _feature_mask(model: model_lib.Mentor, v: model_lib.Views,
   ku, ki = jax.random.split(key)
   drop = lambda k, x: jnp.where(jax.random.bernoulli(k, keep, x.shape),
                                 x / keep, 0.0)
-  mlp = lambda x: x @ model.mask_w[...] + model.mask_b[...]
+  mlp = lambda x: precision_lib.matmul(
+      x, model.mask_w[...], hp.matmul_precision) + model.mask_b[...]
   if hp.feature_mask == 'gradient':
     fu, fi = v.fused_u, v.fused_i
     du, di = jax.lax.stop_gradient((drop(ku, fu), drop(ki, fi)))

@@ -243,6 +243,30 @@ def test_graph_as_jit_argument_compiles_once(kernel):
   assert not np.allclose(y1, y2)
 
 
+def _csr_to_dense(a: sparse.Csr) -> np.ndarray:
+  out = np.zeros(a.shape)
+  np.add.at(out, (np.asarray(a.rows), np.asarray(a.indices)),
+            np.asarray(a.values))
+  return out
+
+
+def test_knn_graph_is_the_scipy_matrix_and_its_transpose():
+  knn_v, knn_t = _knn_lists(seed=4)
+  k, w = 4, 0.3
+  want = sparse.knn_matrix_numpy(knn_v, knn_t, k, w, knn_v.shape[0])
+  # Built under jit, as the model does inside the compiled step.
+  s, s_t = jax.jit(sparse.knn_graph, static_argnames=('k', 'image_weight'))(
+      jnp.asarray(knn_v), jnp.asarray(knn_t), k=k, image_weight=w)
+  np.testing.assert_allclose(_csr_to_dense(s), want.toarray(), rtol=1e-6)
+  np.testing.assert_allclose(_csr_to_dense(s_t), want.toarray().T, rtol=1e-6)
+  for a in (s, s_t):  # valid CSR: pointers match the row ids
+    rows = np.repeat(np.arange(a.n_rows), np.diff(np.asarray(a.indptr)))
+    np.testing.assert_array_equal(rows, np.asarray(a.rows))
+  # Columns ascend within each row of S (the lists are not sorted).
+  cols = np.asarray(s.indices).reshape(knn_v.shape[0], 2 * k)
+  assert np.all(np.diff(cols, axis=1) >= 0)
+
+
 def test_knn_graph_csr_matches_knn_propagate():
   knn_v, knn_t = _knn_lists(seed=3)
   s, s_t = sparse.knn_graph(knn_v, knn_t, k=5, image_weight=0.3)
