@@ -204,3 +204,21 @@ def test_gradient_map_of_section_2_6(setup):
   g = _grads(setup, mask_weight_g=0.0)
   assert _norm(g['encoders']['v_n1']) == 0
   assert _norm(g['encoders']['t_n2']) == 0
+
+
+def test_uniform_rows_blockwise():
+  key = jax.random.PRNGKey(5)
+  # Up to one block it is jax.random.uniform itself.
+  np.testing.assert_array_equal(
+      model_lib.uniform_rows(key, (7, 3), block_rows=8),
+      jax.random.uniform(key, (7, 3)))
+  x = np.asarray(model_lib.uniform_rows(key, (1000, 4, 8), block_rows=64))
+  assert x.shape == (1000, 4, 8) and x.dtype == np.float32
+  assert 0.0 <= x.min() and x.max() < 1.0
+  # U(0, 1) moments over 32k draws (5 sigma bounds), and the blocks are not
+  # copies of each other.
+  assert abs(x.mean() - 0.5) < 5 * np.sqrt(1 / 12 / x.size)
+  assert abs(x.var() - 1 / 12) < 0.01
+  assert not np.allclose(x[:64], x[64:128])
+  np.testing.assert_array_equal(  # deterministic
+      x, model_lib.uniform_rows(key, (1000, 4, 8), block_rows=64))

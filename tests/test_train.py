@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -113,3 +114,10 @@ def test_early_stopping_rule():
   # Strictly better only; stop on the third consecutive miss.
   assert out == [(True, False), (True, False), (False, False),
                  (False, False), (False, True)]
+
+
+def test_release_freed_host_memory_finds_glibc():
+  if platform.libc_ver()[0] != 'glibc':
+    pytest.skip(f'C library is {platform.libc_ver()[0] or "unknown"}, '
+                'not glibc: malloc_trim does not exist there')
+  assert train.release_freed_host_memory() is True

@@ -235,24 +235,30 @@ def test_fusion_alpha(tiny_data, tiny_dataset):
   np.testing.assert_array_equal(model.mask_w[...], ref.mask_w[...])
 
 
-def test_mm_aggregation_sum_and_power():
+@pytest.mark.parametrize('kernel', sparse.KERNELS)
+def test_mm_aggregation_sum_and_power(kernel):
+  """item_graph (spmm on the device-built S) against gathers, every kernel,
+  values and gradients."""
   rng = np.random.default_rng(0)
   n, k = 12, 3
   knn_v = jnp.asarray(rng.integers(0, n, (n, k)), jnp.int32)
   knn_t = jnp.asarray(rng.integers(0, n, (n, k)), jnp.int32)
   x = jnp.asarray(rng.standard_normal((n, 4)), jnp.float32)
   s = lambda y: sparse.knn_propagate(y, knn_v, knn_t, k=k, n_layers=1)
-  kw = dict(image_weight=0.1, n_layers=2)
+  kw = dict(image_weight=0.1, n_layers=2, kernel=kernel)
+  graph = lambda y, agg: model_lib.item_graph(y, knn_v, knn_t,
+                                              aggregation=agg, **kw)
+  np.testing.assert_allclose(graph(x, 'power'), s(s(x)), rtol=1e-5)
+  np.testing.assert_allclose(graph(x, 'sum'), s(x) + s(s(x)), rtol=1e-5,
+                             atol=1e-6)
+  g = jnp.asarray(rng.standard_normal((n, 4)), jnp.float32)
   np.testing.assert_allclose(
-      model_lib.item_graph(x, knn_v, knn_t, aggregation='power', **kw),
-      s(s(x)), rtol=1e-5)
-  np.testing.assert_allclose(
-      model_lib.item_graph(x, knn_v, knn_t, aggregation='sum', **kw),
-      s(x) + s(s(x)), rtol=1e-5, atol=1e-6)
+      jax.grad(lambda y: jnp.sum(g * graph(y, 'sum')))(x),
+      jax.grad(lambda y: jnp.sum(g * (s(y) + s(s(y)))))(x),
+      rtol=1e-5, atol=1e-6)
   kw['n_layers'] = 1
   np.testing.assert_allclose(  # L = 1: the two readings agree.
-      model_lib.item_graph(x, knn_v, knn_t, aggregation='sum', **kw),
-      model_lib.item_graph(x, knn_v, knn_t, aggregation='power', **kw))
+      graph(x, 'sum'), graph(x, 'power'), rtol=1e-6)
 
 
 def test_knn_k_and_mm_layers_change_the_item_embeddings(tiny_data,
