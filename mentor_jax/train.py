@@ -183,13 +183,14 @@ class MetricWriter:
 
 
 def release_freed_host_memory() -> bool:
-  """Returns the heap that glibc holds on to after frees to the OS.
+  """Hands the heap that glibc keeps after frees back to the OS.
 
   XLA's compiler frees some 0.4 GiB of small allocations after compiling
   MENTOR's epoch (Baby shape); glibc keeps them mapped, and the program's own
   buffers (one 0.5 GiB block) then come on top. `malloc_trim(0)` between the
-  two lowered the Baby peak RSS from 1.70 to 1.33 GiB (bench/RESULTS.md).
-  A no-op (False) where the C library is not glibc.
+  two lowered the peak RSS of a 1-step Baby program from 1.71 to 1.37 GiB
+  (bench/RESULTS.md, section 8). A no-op (False) where the C library is not
+  glibc.
   """
   try:
     trim = ctypes.CDLL(None).malloc_trim
