@@ -24,7 +24,6 @@ ratios come from the same minutes of a shared machine.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -69,7 +68,6 @@ def main() -> None:
         'wgrad_autodiff': lambda: fns['wgrad_autodiff'](f, g),
         'wgrad_stored_ft': lambda: fns['wgrad_stored_ft'](f_t, g),
     }
-    ref = None
     for mode in args.precisions.split(','):
       fb = jax.jit(jax.value_and_grad(
           lambda w_, mode=mode: jnp.sum(jnp.tanh(
