@@ -41,6 +41,19 @@ MODEL_NAMES = {'mfbpr': 'MF-BPR', 'lightgcn': 'LightGCN',
                'freedom': 'FREEDOM', 'mentor': 'MENTOR'}
 
 
+def read_metrics(run_dir: str | pathlib.Path) -> list[dict[str, Any]]:
+  """The records of `<run_dir>/metrics.jsonl` (`train.MetricWriter`).
+
+  [] when the file does not exist yet. A last line that a running trainer
+  has not finished writing is skipped.
+  """
+  path = pathlib.Path(run_dir) / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines()
+          if line.rstrip().endswith('}')]
+
+
 def _best_from_log(log: list[dict[str, Any]], metric: str) -> dict[str, Any]:
   """The trainer's rule: first epoch with the best (rounded) valid metric."""
   best = max(log, key=lambda r: (round(r['valid'][metric], 4), -r['epoch']))
@@ -54,9 +67,7 @@ def load_run(run_dir: pathlib.Path) -> dict[str, Any] | None:
   Returns None for a run that has not finished an epoch yet.
   """
   config = json.loads((run_dir / 'config.json').read_text())
-  log_path = run_dir / 'metrics.jsonl'
-  log = ([json.loads(line) for line in log_path.read_text().splitlines()
-          if line.strip()] if log_path.exists() else [])
+  log = read_metrics(run_dir)
   result_path = run_dir / 'result.json'
   if result_path.exists():
     result, finished = json.loads(result_path.read_text()), True

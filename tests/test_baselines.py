@@ -13,6 +13,7 @@ import conftest
 from configs import baseline
 from mentor_jax import data as data_lib
 from mentor_jax import registry
+from mentor_jax import report
 from mentor_jax import train
 from mentor_jax.baselines import freedom
 from mentor_jax.baselines import lightgcn
@@ -26,6 +27,19 @@ def _config(model: str, npz) -> ml_collections.ConfigDict:
   config.data_npz = str(npz)
   config.data_source = ''
   return config
+
+
+def _built(name: str, npz, **overrides):
+  """(dataset, config, family, hp, model, data) of baseline `name`."""
+  dataset = data_lib.load_dataset(npz)
+  config = _config(name, npz)
+  for key, value in overrides.items():
+    config[key] = value
+  family = registry.get(name)
+  hp = family.make_hparams(config, spmm_kernel=KERNEL)
+  model = family.create_model(config, dataset)
+  data = data_lib.to_device(dataset, config.knn_k)
+  return dataset, config, family, hp, model, data
 
 
 def _dense_norm_adj(dataset: data_lib.Dataset) -> np.ndarray:
@@ -63,13 +77,8 @@ def _mmrec_loss_numpy(u, p, n, mask):
 
 @pytest.mark.parametrize('n_layers', [1, 3])
 def test_lightgcn_propagation_matches_dense_numpy(tiny_dataset, n_layers):
-  dataset = data_lib.load_dataset(tiny_dataset)
-  config = _config('lightgcn', tiny_dataset)
-  config.n_layers = n_layers
-  family = registry.get('lightgcn')
-  hp = family.make_hparams(config, spmm_kernel=KERNEL)
-  model = family.create_model(config, dataset)
-  data = data_lib.to_device(dataset, config.knn_k)
+  dataset, _, family, hp, model, data = _built('lightgcn', tiny_dataset,
+                                                n_layers=n_layers)
   users, items = family.score(model, data, hp)
 
   adj = _dense_norm_adj(dataset)
@@ -98,13 +107,8 @@ def test_lightgcn_propagation_matches_dense_numpy(tiny_dataset, n_layers):
 
 
 def test_mfbpr_scores_are_dot_products_of_its_tables(tiny_dataset):
-  dataset = data_lib.load_dataset(tiny_dataset)
-  config = _config('mfbpr', tiny_dataset)
-  config.reg_weight = 0.1
-  family = registry.get('mfbpr')
-  hp = family.make_hparams(config, spmm_kernel=KERNEL)
-  model = family.create_model(config, dataset)
-  data = data_lib.to_device(dataset, config.knn_k)
+  dataset, config, family, hp, model, data = _built('mfbpr', tiny_dataset,
+                                                     reg_weight=0.1)
   users, items = family.score(model, data, hp)
   np.testing.assert_array_equal(users, model.user_emb[...])
   np.testing.assert_array_equal(items, model.item_emb[...])
@@ -165,13 +169,8 @@ def test_freedom_pruning_prefers_low_degree_edges(tiny_dataset):
 
 
 def test_freedom_scores_use_the_full_graph(tiny_dataset):
-  dataset = data_lib.load_dataset(tiny_dataset)
-  config = _config('freedom', tiny_dataset)
-  config.knn_k = 3
-  family = registry.get('freedom')
-  hp = family.make_hparams(config, spmm_kernel=KERNEL)
-  model = family.create_model(config, dataset)
-  data = data_lib.to_device(dataset, config.knn_k)
+  dataset, _, family, hp, model, data = _built('freedom', tiny_dataset,
+                                                knn_k=3)
   users, items = family.score(model, data, hp)
   x = np.concatenate([np.asarray(model.user_emb[...]),
                       np.asarray(model.item_emb[...])]).astype(np.float64)
@@ -203,8 +202,7 @@ def test_baseline_trains_on_real_tiktok(tiktok_small, tmp_path, model):
   if model == 'mfbpr':
     config.learning_rate = 1e-2  # Tiny-init MF moves slowly at 1e-3.
   result = train.train_and_evaluate(config, tmp_path)
-  log = [json.loads(line) for line in
-         (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  log = report.read_metrics(tmp_path)
   assert len(log) == result['epochs_run'] == 4
   bpr = [r['loss']['bpr'] for r in log]
   assert bpr[-1] < 0.95 * bpr[0], bpr
@@ -213,7 +211,6 @@ def test_baseline_trains_on_real_tiktok(tiktok_small, tmp_path, model):
 
 
 def test_report_rows_and_paper_numbers(tmp_path):
-  from mentor_jax import report  # pylint: disable=g-import-not-at-top
   metrics = {m: 0.01 * (j + 1) for j, m in enumerate(report.METRICS)}
   for name, done in (('lgn', True), ('mf', False)):
     run = tmp_path / name

@@ -25,6 +25,7 @@ from mentor_jax import data as data_lib
 from mentor_jax import evaluate
 from mentor_jax import recommend
 from mentor_jax import registry
+from mentor_jax import report
 from mentor_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -41,11 +42,7 @@ def make_config(npz, **overrides):
 
 
 def epochs_logged(workdir):
-  path = pathlib.Path(workdir) / 'metrics.jsonl'
-  if not path.exists():
-    return []
-  return [json.loads(line)['epoch'] for line in path.read_text().splitlines()
-          if line.endswith('}')]
+  return [r['epoch'] for r in report.read_metrics(workdir)]
 
 
 def latest_params(workdir):
@@ -140,8 +137,7 @@ def test_other_model_or_dataset_is_a_clear_error(tiny_dataset, tmp_path,
 
 def test_evaluate_reproduces_logged_best_epoch(straight, tmp_path, capsys):
   workdir, ref = straight
-  log = [json.loads(line) for line in
-         (workdir / 'metrics.jsonl').read_text().splitlines()]
+  log = report.read_metrics(workdir)
   logged = log[ref['best_epoch']]
   out = tmp_path / 'eval.json'
   assert evaluate.main(['--workdir', str(workdir), '--json-out',

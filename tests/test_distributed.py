@@ -23,6 +23,7 @@ import pytest
 from configs import tiny
 from mentor_jax import distributed
 from mentor_jax import losses
+from mentor_jax import report
 from mentor_jax import train
 
 WORKER = pathlib.Path(__file__).with_name('distributed_worker.py')
@@ -95,9 +96,8 @@ def test_two_processes_match_one(worker_runs, tiny_dataset, tmp_path):
   config = distributed_worker._tiny_config(str(tiny_dataset), 'default')
   config.epochs = 2
   train.train_and_evaluate(config, tmp_path)
-  read = lambda d: [json.loads(line) for line in
-                    (d / 'metrics.jsonl').read_text().splitlines()]
-  single, multi = read(tmp_path), read(worker_runs['multihost'])
+  single = report.read_metrics(tmp_path)
+  multi = report.read_metrics(worker_runs['multihost'])
   assert len(single) == len(multi) == 2
   for s, m in zip(single, multi):
     for k, v in s['loss'].items():

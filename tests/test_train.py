@@ -14,6 +14,7 @@ from mentor_jax import data as data_lib
 from mentor_jax import metrics
 from mentor_jax import objective
 from mentor_jax import registry
+from mentor_jax import report
 from mentor_jax import train
 
 
@@ -36,8 +37,7 @@ def test_training_beats_popularity_on_real_tiktok(tiktok_slice, tmp_path):
   config.valid_metric = 'recall@20'
   result = train.train_and_evaluate(config, tmp_path)
 
-  log = [json.loads(line) for line in
-         (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  log = report.read_metrics(tmp_path)
   assert len(log) == result['epochs_run'] == 12
   bpr = [r['loss']['bpr'] for r in log]
   assert bpr[-1] < 0.9 * bpr[0], bpr
