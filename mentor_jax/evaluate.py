@@ -144,14 +144,13 @@ def evaluate(restored: Restored, mode: str = 'auto',
   (user, item), mode = embeddings(restored, mode)
   # Training's cut-offs as well, so that every logged number is reproduced.
   ks = tuple(sorted(set(ks) | set(restored.config.topk)))
-  train_split = restored.dataset.split('train')
-  out = {'checkpoint': str(restored.path), 'epoch': restored.epoch,
-         'embeddings': mode}
-  for split in ('valid', 'test'):
-    out[split] = metrics_lib.evaluate_embeddings(
-        user, item, *restored.dataset.split(split), *train_split, ks=ks,
-        chunk_size=int(restored.config.eval_batch_size))
-  return out
+  # One ranking pass for both splits, as the trainer's Evaluator does.
+  result = metrics_lib.evaluate_splits(
+      user, item, {s: restored.dataset.split(s) for s in ('valid', 'test')},
+      *restored.dataset.split('train'), ks=ks,
+      chunk_size=int(restored.config.eval_batch_size))
+  return {'checkpoint': str(restored.path), 'epoch': restored.epoch,
+          'embeddings': mode, **result}
 
 
 def format_table(result: dict[str, Any]) -> str:
