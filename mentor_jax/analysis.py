@@ -37,6 +37,7 @@ from mentor_jax import data as data_lib
 from mentor_jax import datasets
 from mentor_jax import model as model_lib
 from mentor_jax import objective
+from mentor_jax import train
 
 # Fig. 4's colours: visual green, textual blue, ID orange.
 COLORS = {'visual': 'tab:green', 'textual': 'tab:blue', 'id': 'tab:orange'}
@@ -156,7 +157,8 @@ def load_trained(workdir: str | pathlib.Path, checkpoint: str | None = None,
   else:
     config, dataset = restored.config, restored.dataset
     model = nnx.merge(restored.graphdef, restored.params, restored.rest)
-  hp = objective.Hparams.from_config(config, spmm_kernel='csr')
+  # The training run's static settings (kernel resolved per backend).
+  hp = train.make_hparams(objective.MENTOR, config, dataset)
   data = data_lib.to_device(dataset, config.knn_k)
   return model, data, hp, config
 
