@@ -2,8 +2,8 @@
 
 * Item-item graph: frozen, built once from the raw features,
   S = w S_v + (1 - w) S_t with 1/k per kNN entry (self included); the
-  stored `knn_v`/`knn_t` lists give exactly this operator
-  (`sparse.knn_propagate`).
+  stored `knn_v`/`knn_t` lists give exactly this operator, applied as
+  MENTOR applies it (`model.item_graph`: a device-built CSR and `spmm`).
 * Embeddings: users and items are LightGCN's layer mean over n_ui_layers on
   the user-item graph; items add h = S^{n_mm_layers} E_item.
 * Training graph: degree-sensitive edge pruning once per epoch
@@ -30,6 +30,7 @@ from flax import nnx
 from mentor_jax import data as data_lib
 from mentor_jax import family
 from mentor_jax import losses
+from mentor_jax import model as model_lib
 from mentor_jax import sparse
 from mentor_jax.baselines import common
 
@@ -69,10 +70,9 @@ def forward(model: Freedom, data: data_lib.DeviceData, adj: sparse.Csr,
             hp: Hparams) -> tuple[jax.Array, jax.Array]:
   """(users, items) on the user-item graph `adj` (pruned or full)."""
   items = model.item_emb[...]
-  h = sparse.knn_propagate(items, data.knn_v, data.knn_t,
-                           k=data.knn_v.shape[1],
+  h = model_lib.item_graph(items, data.knn_v, data.knn_t,
                            image_weight=hp.mm_image_weight,
-                           n_layers=hp.n_mm_layers)
+                           n_layers=hp.n_mm_layers, kernel=hp.spmm_kernel)
   users = model.user_emb[...]
   ego = jnp.concatenate([users, items], axis=0)
   out = common.layer_mean_propagate(adj, ego, hp.n_ui_layers, hp.spmm_kernel)
