@@ -83,14 +83,19 @@ def environment() -> dict[str, Any]:
   return env
 
 
-def _meminfo_gib(field: str) -> float | None:
+def _proc_kib_field_gib(path: str, field: str) -> float | None:
+  """A 'Field:  N kB' line of a /proc file, in GiB; None off Linux."""
   try:
-    for line in pathlib.Path('/proc/meminfo').read_text().splitlines():
+    for line in pathlib.Path(path).read_text().splitlines():
       if line.startswith(field + ':'):
         return int(line.split()[1]) * 1024 / GIB
   except OSError:
     pass
   return None
+
+
+def _meminfo_gib(field: str) -> float | None:
+  return _proc_kib_field_gib('/proc/meminfo', field)
 
 
 def print_environment(env: dict[str, Any] | None = None,
@@ -176,13 +181,7 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, rounds: int,
 
 
 def _proc_status_gib(field: str) -> float | None:
-  try:
-    for line in pathlib.Path('/proc/self/status').read_text().splitlines():
-      if line.startswith(field + ':'):
-        return int(line.split()[1]) * 1024 / GIB
-  except OSError:
-    pass
-  return None
+  return _proc_kib_field_gib('/proc/self/status', field)
 
 
 def vm_hwm_gib() -> float | None:
