@@ -1,7 +1,7 @@
 """Naive vs fused InfoNCE: value+grad time and peak memory, by n.
 
 The naive loss materializes the n x n logits (and autodiff keeps them, plus
-their exp, for the backward pass); the fused one (`losses.info_nce_fused`)
+their exp, for the backward pass); the fused one (`infonce.info_nce_fused`)
 streams [block, n] tiles and recomputes them in its custom VJP. MENTOR calls
 it on U x 128 users and I x 128 items every step (MENTOR_SPEC §7).
 
@@ -39,7 +39,7 @@ def naive_estimate_gib(n: int) -> float:
 def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mentor_jax import losses  # pylint: disable=g-import-not-at-top
+  from mentor_jax.ops import infonce  # pylint: disable=g-import-not-at-top
 
   jax.devices()  # start the runtime before measuring its footprint
   base_rss = common.vm_rss_gib()
@@ -50,7 +50,7 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   b = a + 0.3 * jax.random.normal(kb, (n, d), jnp.float32)
 
   def loss(a, b):
-    return losses.info_nce_loss(a, b, spec['temp'], impl=impl,
+    return infonce.info_nce_loss(a, b, spec['temp'], impl=impl,
                                 block_size=block)
 
   fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))

@@ -12,7 +12,7 @@ bench measures it, so the model keeps whichever form is fast:
   forward (dot_general contracting F's axis 0);
 * wgrad_stored_ft: the same product from a stored Fᵀ ([4096, I] row-major);
 * fwd_bwd: `jax.value_and_grad` of a scalar of F @ W1 w.r.t. W1 (what a
-  training step runs), per --precisions (mentor_jax/precision.py).
+  training step runs), per --precisions (mentor_jax/ops/precision.py).
 
   python bench/bench_matmul.py                      # Baby and Clothing items
   python bench/bench_matmul.py --items 7050 --reps 30
@@ -45,7 +45,7 @@ def main() -> None:
 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mentor_jax import precision  # pylint: disable=g-import-not-at-top
+  from mentor_jax.ops import precision  # pylint: disable=g-import-not-at-top
 
   env = common.print_environment()
   rows = []

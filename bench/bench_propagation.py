@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from bench import common  # pylint: disable=g-import-not-at-top
-from mentor_jax import sparse  # pylint: disable=g-import-not-at-top
+from mentor_jax.ops import sparse  # pylint: disable=g-import-not-at-top
 
 # name -> (kernel, spmm keyword arguments); 'csr_at' passes an explicit Aᵀ,
 # the general (non-symmetric) form, to show what it costs.

@@ -45,6 +45,7 @@ def child(args: argparse.Namespace) -> None:
   from mentor_jax import data as data_lib
   from mentor_jax import datasets
   from mentor_jax import distributed
+  from mentor_jax import mesh as mesh_lib
   from mentor_jax import train
 
   n = args.child
@@ -59,7 +60,7 @@ def child(args: argparse.Namespace) -> None:
   dataset = datasets.load_for_config(config)
   family, hp, data, graphdef, rest, state = train.setup(config, dataset)
   # A Runner over n devices; with n = 1 it is inactive (the plain trainer).
-  runner = distributed.Runner(distributed.make_mesh(n), args.shard_tables)
+  runner = distributed.Runner(mesh_lib.make_mesh(n), args.shard_tables)
   state, rest, data = runner.place(state, rest, data)
   run_epoch = runner.wrap_epoch(train.train_epoch)
   n_steps = data_lib.steps_per_epoch(dataset.n_train, hp.batch_size)

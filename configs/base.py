@@ -107,14 +107,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.spmm_kernel = 'auto'  # 'auto' | 'csr' | 'bcoo' | 'segment_sum'
   config.infonce_impl = 'fused'  # 'fused' (blockwise, exact), 'naive', 'sharded'
   config.infonce_block_size = 256
-  # Precision of the training matmuls (item MLPs, InfoNCE; mentor_jax/
+  # Precision of the training matmuls (item MLPs, InfoNCE; mentor_jax/ops/
   # precision.py): 'float32' (strict; the official code's), 'tf32' or
   # 'bf16' (float32 accumulation). Evaluation always scores in float32.
   # Unlike the knobs above, the reduced ones change results: their effect on
   # metrics is measured in bench/RESULTS.md ("Precision").
   config.matmul_precision = 'float32'
 
-  # Scale-out (mentor_jax/distributed.py; README "Several devices and hosts").
+  # Scale-out (mentor_jax/distributed.py, mesh.py; README "Several devices and hosts").
   # 'auto': one 'data' axis over every device of every process; an int n
   # uses the first n devices (single host only).
   config.mesh_shape = 'auto'

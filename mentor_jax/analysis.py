@@ -35,8 +35,8 @@ import numpy as np
 
 from mentor_jax import data as data_lib
 from mentor_jax import datasets
-from mentor_jax import model as model_lib
-from mentor_jax import objective
+from mentor_jax.models.mentor import model as model_lib
+from mentor_jax.models.mentor import objective
 from mentor_jax import train
 
 # Fig. 4's colours: visual green, textual blue, ID orange.

@@ -13,6 +13,7 @@ the items that occur in train, redrawn while it is in the user's training set.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pathlib
 from typing import Any, NamedTuple
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_prep import format as npz_format
-from mentor_jax import sparse
+from mentor_jax.ops import sparse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,9 @@ class Dataset:
   path: pathlib.Path
   arrays: dict[str, np.ndarray]
   meta: dict[str, Any]
+  # sha256 of the arrays' names, dtypes, shapes and bytes (`content_digest`):
+  # the dataset's identity in checkpoint signatures.
+  digest: str = ''
 
   @property
   def n_users(self) -> int:
@@ -72,10 +76,24 @@ DEVICE_ONLY_KEYS = ('feat_v', 'feat_t', 'adj_indptr', 'adj_indices',
                     'adj_values', 'knn_v', 'knn_t', 'train_user', 'neg_items')
 
 
+def content_digest(arrays: dict[str, np.ndarray]) -> str:
+  """sha256 over every array's name, dtype, shape and bytes, keys sorted.
+
+  The arrays rather than the file: a rebuilt `.npz` of the same data has
+  other zip timestamps but the same digest.
+  """
+  h = hashlib.sha256()
+  for key in sorted(arrays):
+    x = np.ascontiguousarray(arrays[key])
+    h.update(f'{key}:{x.dtype.str}:{x.shape};'.encode())
+    h.update(x.reshape(-1).view(np.uint8))
+  return h.hexdigest()
+
+
 def load_dataset(path: str | pathlib.Path) -> Dataset:
   """Loads and validates a `.npz` written by `python -m data_prep`."""
   arrays, meta = npz_format.load_npz(path)
-  return Dataset(pathlib.Path(path), arrays, meta)
+  return Dataset(pathlib.Path(path), arrays, meta, content_digest(arrays))
 
 
 class DeviceData(NamedTuple):

@@ -1,21 +1,29 @@
-"""`config.model` name -> `ModelFamily`."""
+"""`config.model` name -> `ModelFamily`: every model the trainer can run."""
 
 from __future__ import annotations
 
-from mentor_jax import baselines
 from mentor_jax import family
-from mentor_jax import objective
+from mentor_jax.models import freedom
+from mentor_jax.models import lightgcn
+from mentor_jax.models import mfbpr
+from mentor_jax.models.mentor import objective as mentor
+
+FAMILIES: tuple[family.ModelFamily, ...] = (
+    mentor.MENTOR,
+    mfbpr.MFBPR_FAMILY,
+    lightgcn.LIGHTGCN_FAMILY,
+    freedom.FREEDOM_FAMILY,
+)
 
 
-def _families() -> dict[str, family.ModelFamily]:
-  families = {'mentor': objective.MENTOR}
-  families.update({f.name: f for f in baselines.FAMILIES})
-  return families
+def names() -> list[str]:
+  """The `config.model` values, sorted."""
+  return sorted(f.name for f in FAMILIES)
 
 
 def get(name: str) -> family.ModelFamily:
-  families = _families()
-  if name not in families:
-    raise ValueError(f'config.model={name!r}: unknown model; expected one of '
-                     f'{sorted(families)}')
-  return families[name]
+  for f in FAMILIES:
+    if f.name == name:
+      return f
+  raise ValueError(f'config.model={name!r}: unknown model; expected one of '
+                   f'{names()}')

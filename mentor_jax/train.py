@@ -40,9 +40,10 @@ from mentor_jax import data as data_lib
 from mentor_jax import datasets
 from mentor_jax import distributed
 from mentor_jax import family as family_lib
+from mentor_jax import mesh as mesh_lib
 from mentor_jax import metrics as metrics_lib
 from mentor_jax import registry
-from mentor_jax import sparse
+from mentor_jax.ops import sparse
 
 
 class TrainState(NamedTuple):
@@ -86,7 +87,7 @@ def train_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
   batch_key, setup_key, steps_key = jax.random.split(epoch_key, 3)
   batches = data_lib.epoch_batches(batch_key, data, hp.batch_size,
                                    hp.max_row_len)
-  batches = distributed.constrain_batch(batches)  # No-op on one device.
+  batches = mesh_lib.constrain_batch(batches)  # No-op on one device.
   data = family.epoch_setup(data, setup_key, hp)
   tx = create_optimizer(hp)
 

@@ -43,6 +43,7 @@ def step(n_dev: int, variant: str, npz: str, out: str) -> None:
   from flax import nnx
   from mentor_jax import data as data_lib
   from mentor_jax import distributed
+  from mentor_jax import mesh as mesh_lib
   from mentor_jax import train
 
   assert len(jax.devices()) == n_dev, jax.devices()
@@ -54,7 +55,7 @@ def step(n_dev: int, variant: str, npz: str, out: str) -> None:
     config.shard_tables = variant == 'light'
   dataset = data_lib.load_dataset(npz)
   family, hp, data, graphdef, rest, state = train.setup(config, dataset)
-  runner = distributed.Runner(distributed.make_mesh(n_dev),
+  runner = distributed.Runner(mesh_lib.make_mesh(n_dev),
                               config.shard_tables)
   state, rest, data = runner.place(state, rest, data)
 
@@ -62,7 +63,7 @@ def step(n_dev: int, variant: str, npz: str, out: str) -> None:
   def grads_fn(params, rest, data, key):
     _, epoch_key = jax.random.split(key)
     batch_key, _, steps_key = jax.random.split(epoch_key, 3)
-    batches = distributed.constrain_batch(data_lib.epoch_batches(
+    batches = mesh_lib.constrain_batch(data_lib.epoch_batches(
         batch_key, data, hp.batch_size, hp.max_row_len))
     batch = jax.tree.map(lambda x: x[0], batches)
     def loss(p):

@@ -15,9 +15,9 @@ from mentor_jax import data as data_lib
 from mentor_jax import registry
 from mentor_jax import report
 from mentor_jax import train
-from mentor_jax.baselines import freedom
-from mentor_jax.baselines import lightgcn
-from mentor_jax.baselines import mfbpr
+from mentor_jax.models import freedom
+from mentor_jax.models import lightgcn
+from mentor_jax.models import mfbpr
 
 KERNEL = train.resolve_kernel('auto')
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from mentor_jax import data as data_lib
-from mentor_jax import sparse
+from mentor_jax.ops import sparse
 
 
 def _csr(users, items, n_users):

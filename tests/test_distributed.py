@@ -1,4 +1,4 @@
-"""Scale-out (mentor_jax/distributed.py): devices, hosts, batch-scoped InfoNCE.
+"""Scale-out (distributed.py, mesh.py, ops/infonce.py): devices, hosts, batch-scoped InfoNCE.
 
 Multi-device runs need XLA_FLAGS=--xla_force_host_platform_device_count=N
 before jax is imported, so they run in subprocesses of
@@ -22,7 +22,8 @@ import pytest
 
 from configs import tiny
 from mentor_jax import distributed
-from mentor_jax import losses
+from mentor_jax import mesh as mesh_lib
+from mentor_jax.ops import infonce
 from mentor_jax import report
 from mentor_jax import train
 
@@ -110,7 +111,7 @@ def test_two_processes_match_one(worker_runs, tiny_dataset, tmp_path):
 def test_first_occurrence():
   ids = jnp.array([3, 1, 3, 2, 1, 7, 3])
   mask = jnp.array([1, 1, 1, 1, 1, 0, 1])
-  got = distributed.first_occurrence(ids, mask)
+  got = infonce.first_occurrence(ids, mask)
   np.testing.assert_array_equal(got, [1, 1, 0, 1, 0, 0, 0])
 
 
@@ -123,15 +124,15 @@ def test_batch_scope_equals_all_rows_when_batch_has_every_row():
   ids = jnp.concatenate([jax.random.permutation(keys[2], n),
                          jnp.array([4, 4, 0, 9, 11])])
   mask = jnp.ones(ids.shape).at[-2:].set(0.0)
-  f_all = lambda a, b: distributed.info_nce(a, b, 0.2, scope='all')
-  f_batch = lambda a, b: distributed.info_nce(a, b, 0.2, scope='batch',
+  f_all = lambda a, b: infonce.info_nce_loss(a, b, 0.2, scope='all')
+  f_batch = lambda a, b: infonce.info_nce_loss(a, b, 0.2, scope='batch',
                                               ids=ids, mask=mask)
   v_all, g_all = jax.value_and_grad(f_all, (0, 1))(a, b)
   v_batch, g_batch = jax.value_and_grad(f_batch, (0, 1))(a, b)
   np.testing.assert_allclose(v_batch, v_all, rtol=1e-6)
   for x, y in zip(g_batch, g_all):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(v_all, losses.info_nce(a, b, 0.2), rtol=1e-6)
+  np.testing.assert_allclose(v_all, infonce.info_nce(a, b, 0.2), rtol=1e-6)
 
 
 def test_batch_scope_is_the_subset_loss():
@@ -139,17 +140,17 @@ def test_batch_scope_is_the_subset_loss():
   a = jax.random.normal(keys[0], (30, 8))
   b = jax.random.normal(keys[1], (30, 8))
   ids = jnp.array([5, 2, 5, 17, 2, 29])
-  want = losses.info_nce(a[jnp.array([5, 2, 17, 29])],
+  want = infonce.info_nce(a[jnp.array([5, 2, 17, 29])],
                          b[jnp.array([5, 2, 17, 29])], 0.2)
-  got = distributed.info_nce_batch(a, b, 0.2, ids, jnp.ones(6))
+  got = infonce.info_nce_batch(a, b, 0.2, ids, jnp.ones(6))
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_mesh_and_runner_on_one_device():
-  mesh = distributed.make_mesh('auto')
+  mesh = mesh_lib.make_mesh('auto')
   assert mesh.axis_names == ('data',)
   runner = distributed.Runner(mesh)
   assert runner.active == (len(jax.devices()) > 1)
   with pytest.raises(ValueError, match='mesh_shape'):
-    distributed.make_mesh((1, 1))
+    mesh_lib.make_mesh((1, 1))
   assert tiny.get_config().infonce_scope == 'all'

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mentor_jax import losses
+from mentor_jax.models.mentor import losses
+from mentor_jax.ops import infonce
+from mentor_jax.ops import losses as ops_losses
 
 RTOL = 1e-5
 ATOL = 1e-6
@@ -53,9 +55,9 @@ def test_bpr_log2_and_ln():
   r = _rng(1)
   pos, neg = r.normal(size=64) * 3, r.normal(size=64) * 3
   ref_ln = -np.mean(np_log_sigmoid(pos - neg))
-  got2 = losses.bpr_loss(jnp.asarray(pos, jnp.float32),
+  got2 = ops_losses.bpr_loss(jnp.asarray(pos, jnp.float32),
                          jnp.asarray(neg, jnp.float32))
-  gote = losses.bpr_loss(jnp.asarray(pos, jnp.float32),
+  gote = ops_losses.bpr_loss(jnp.asarray(pos, jnp.float32),
                          jnp.asarray(neg, jnp.float32), log_base=math.e)
   np.testing.assert_allclose(got2, ref_ln / np.log(2.0), rtol=RTOL)
   np.testing.assert_allclose(gote, ref_ln, rtol=RTOL)
@@ -64,7 +66,7 @@ def test_bpr_log2_and_ln():
 
 
 def test_bpr_large_margin_is_finite():
-  got = losses.bpr_loss(jnp.array([-200.0, 200.0]), jnp.array([0.0, 0.0]))
+  got = ops_losses.bpr_loss(jnp.array([-200.0, 200.0]), jnp.array([0.0, 0.0]))
   np.testing.assert_allclose(got, (200.0 + 0.0) / 2 / math.log(2.0),
                              rtol=1e-5)
 
@@ -76,11 +78,11 @@ def test_bpr_mask_means_over_valid_rows_only():
   ref = -np.mean(np_log_sigmoid(pos - neg)[mask > 0]) / np.log(2.0)
   # Garbage in the padded rows must not matter.
   pos_pad = np.where(mask > 0, pos, 1e6)
-  got = losses.bpr_loss(jnp.asarray(pos_pad, jnp.float32),
+  got = ops_losses.bpr_loss(jnp.asarray(pos_pad, jnp.float32),
                         jnp.asarray(neg, jnp.float32), jnp.asarray(mask))
   np.testing.assert_allclose(got, ref, rtol=RTOL)
   # Gradients of padded rows are zero.
-  g = jax.grad(losses.bpr_loss)(jnp.asarray(pos, jnp.float32),
+  g = jax.grad(ops_losses.bpr_loss)(jnp.asarray(pos, jnp.float32),
                                 jnp.asarray(neg, jnp.float32),
                                 jnp.asarray(mask))
   assert np.all(np.asarray(g)[mask == 0] == 0)
@@ -206,7 +208,7 @@ def test_cosine_similarity_matches_torch_formula():
   a, b = r.normal(size=(9, 7)), r.normal(size=(9, 7))
   a[0] = 0.0  # Zero row: both norms clamped, cosine 0, not NaN.
   b[1] = 1e-10
-  got = losses.cosine_similarity(jnp.asarray(a, jnp.float32),
+  got = ops_losses.cosine_similarity(jnp.asarray(a, jnp.float32),
                                  jnp.asarray(b, jnp.float32))
   np.testing.assert_allclose(got, np_cos(a, b), rtol=1e-5, atol=1e-6)
 
@@ -240,7 +242,7 @@ def test_info_nce_naive_vs_numpy(tau):
   r = _rng(8)
   a, b = r.normal(size=(50, 16)), r.normal(size=(50, 16))
   b[:10] = a[:10] + 0.1 * b[:10]  # Some strong positives.
-  got = losses.info_nce(jnp.asarray(a, jnp.float32),
+  got = infonce.info_nce(jnp.asarray(a, jnp.float32),
                         jnp.asarray(b, jnp.float32), tau)
   np.testing.assert_allclose(got, np_info_nce(a, b, tau), rtol=1e-5)
 
@@ -248,27 +250,27 @@ def test_info_nce_naive_vs_numpy(tau):
 def test_info_nce_is_one_directional_and_includes_positive():
   # n = 1: denominator is only the positive, so the loss is exactly 0.
   a = jnp.array([[1.0, 2.0]])
-  np.testing.assert_allclose(losses.info_nce(a, -a, 0.2), 0.0, atol=1e-6)
-  np.testing.assert_allclose(losses.info_nce_fused(a, -a, 0.2), 0.0,
+  np.testing.assert_allclose(infonce.info_nce(a, -a, 0.2), 0.0, atol=1e-6)
+  np.testing.assert_allclose(infonce.info_nce_fused(a, -a, 0.2), 0.0,
                              atol=1e-6)
   r = _rng(9)
   x, y = r.normal(size=(6, 4)), r.normal(size=(6, 4))
   fwd = np_info_nce(x, y, 0.2)
   assert not np.isclose(fwd, np_info_nce(y, x, 0.2))
   np.testing.assert_allclose(
-      losses.info_nce_fused(jnp.asarray(x, jnp.float32),
+      infonce.info_nce_fused(jnp.asarray(x, jnp.float32),
                             jnp.asarray(y, jnp.float32), 0.2, block_size=4),
       fwd, rtol=1e-5)
 
 
-_naive_vg = jax.jit(jax.value_and_grad(losses.info_nce, argnums=(0, 1, 2)))
+_naive_vg = jax.jit(jax.value_and_grad(infonce.info_nce, argnums=(0, 1, 2)))
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted_pair(block):
   """Jitted value-and-grad of (fused, naive); tau is traced, so one compile."""
   fused = jax.jit(jax.value_and_grad(
-      lambda a, b, t: losses.info_nce_fused(a, b, t, block_size=block),
+      lambda a, b, t: infonce.info_nce_fused(a, b, t, block_size=block),
       argnums=(0, 1, 2)))
   return fused, _naive_vg
 
@@ -310,7 +312,7 @@ def test_info_nce_fused_finite_difference_temp():
   # d/dtau checked against a float64 central difference of the reference.
   r = _rng(11)
   a, b = r.normal(size=(20, 6)), r.normal(size=(20, 6))
-  g = jax.grad(lambda t: losses.info_nce_fused(
+  g = jax.grad(lambda t: infonce.info_nce_fused(
       jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), t,
       block_size=6))(jnp.float32(0.3))
   h = 1e-5
@@ -324,8 +326,8 @@ def test_info_nce_fused_small_temperature_is_stable():
   b = jnp.asarray(r.normal(size=(40, 8)), jnp.float32)
   # tau = 0.005: exp(1/tau) overflows float32 without max subtraction.
   v, g = jax.jit(jax.value_and_grad(
-      lambda a: losses.info_nce_fused(a, b, 0.005, block_size=16)))(a)
-  vn = losses.info_nce(a, b, 0.005)
+      lambda a: infonce.info_nce_fused(a, b, 0.005, block_size=16)))(a)
+  vn = infonce.info_nce(a, b, 0.005)
   assert np.isfinite(float(v)) and np.all(np.isfinite(np.asarray(g)))
   np.testing.assert_allclose(v, vn, rtol=1e-5)
 
@@ -336,7 +338,7 @@ def test_info_nce_fused_traced_temp_does_not_recompile():
   @jax.jit
   def f(a, b, t):
     n_traces.append(1)
-    return jax.grad(lambda a: losses.info_nce_fused(a, b, t,
+    return jax.grad(lambda a: infonce.info_nce_fused(a, b, t,
                                                     block_size=4))(a)
 
   a = jnp.ones((10, 3)) + jnp.arange(30.0).reshape(10, 3)
@@ -352,10 +354,10 @@ def test_info_nce_loss_dispatch():
   ref = np_info_nce(a, b, 0.4)
   for impl in ('fused', 'naive'):
     np.testing.assert_allclose(
-        losses.info_nce_loss(a, b, 0.4, impl=impl, block_size=3), ref,
+        infonce.info_nce_loss(a, b, 0.4, impl=impl, block_size=3), ref,
         rtol=1e-5)
   with pytest.raises(ValueError):
-    losses.info_nce_loss(a, b, 0.4, impl='flash')
+    infonce.info_nce_loss(a, b, 0.4, impl='flash')
 
 
 def _all_shapes(jaxpr):
@@ -383,9 +385,9 @@ def test_info_nce_fused_never_materializes_n_by_n():
   n, d, block = 4096, 64, 256
   a = jax.ShapeDtypeStruct((n, d), jnp.float32)
   fused = jax.value_and_grad(
-      lambda a, b, t: losses.info_nce_fused(a, b, t, block_size=block),
+      lambda a, b, t: infonce.info_nce_fused(a, b, t, block_size=block),
       argnums=(0, 1, 2))
-  naive = jax.value_and_grad(losses.info_nce, argnums=(0, 1, 2))
+  naive = jax.value_and_grad(infonce.info_nce, argnums=(0, 1, 2))
   t = jax.ShapeDtypeStruct((), jnp.float32)
 
   # 1) No (n, n) variable anywhere in the traced program (fwd + bwd).

@@ -7,9 +7,9 @@ import pytest
 from flax import nnx
 
 from mentor_jax import data as data_lib
-from mentor_jax import model as model_lib
-from mentor_jax import objective
-from mentor_jax import sparse
+from mentor_jax.models.mentor import model as model_lib
+from mentor_jax.models.mentor import objective
+from mentor_jax.ops import sparse
 
 U, I, DV, DT = 7, 5, 12, 6
 

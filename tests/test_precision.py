@@ -1,4 +1,4 @@
-"""Reduced-precision matmuls (mentor_jax/precision.py) against numpy."""
+"""Reduced-precision matmuls (mentor_jax/ops/precision.py) against numpy."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 
 from configs import tiny
 from mentor_jax import data as data_lib
-from mentor_jax import losses
-from mentor_jax import objective
-from mentor_jax import precision
+from mentor_jax.models.mentor import objective
+from mentor_jax.ops import infonce
+from mentor_jax.ops import precision
 
 
 def _tf32_reference(x: np.ndarray) -> np.ndarray:
@@ -66,7 +66,7 @@ def test_reduced_precision_gradients_are_close_to_float32(mode):
   b = jnp.asarray(rng.normal(size=(40, 24)), jnp.float32)
 
   def loss(a, b, p):
-    return losses.info_nce_fused(a, b, 0.2, block_size=16, precision=p)
+    return infonce.info_nce_fused(a, b, 0.2, block_size=16, precision=p)
 
   ref = jax.grad(loss, argnums=(0, 1))(a, b, 'float32')
   got = jax.grad(loss, argnums=(0, 1))(a, b, mode)

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mentor_jax import sparse
+from mentor_jax.ops import graph
+from mentor_jax.ops import sparse
 
 _RTOL, _ATOL = 1e-5, 1e-5
 # A scatter op in StableHLO text and in compiled HLO text, respectively.
@@ -176,20 +177,20 @@ def _knn_lists(seed=0, n_items=25, big_k=6):
 def test_knn_propagate_matches_dense(n_layers):
   knn_v, knn_t = _knn_lists()
   n_items, k, w = knn_v.shape[0], 4, 0.1
-  s = sparse.knn_matrix_numpy(knn_v, knn_t, k, w, n_items)
+  s = graph.knn_matrix_numpy(knn_v, knn_t, k, w, n_items)
   s = s.toarray().astype(np.float64)
   np.testing.assert_allclose(s.sum(1), 1.0, rtol=1e-6)
   # Shared neighbours must have been summed: some entries exceed (1-w)/k.
   assert s.max() > (1 - w) / k + 1e-6
   x = np.random.default_rng(2).normal(size=(n_items, 16)).astype(np.float32)
-  fn = jax.jit(sparse.knn_propagate,
+  fn = jax.jit(graph.knn_propagate,
                static_argnames=('k', 'image_weight', 'n_layers'))
   y = fn(jnp.asarray(x), jnp.asarray(knn_v), jnp.asarray(knn_t), k=k,
          image_weight=w, n_layers=n_layers)
   np.testing.assert_allclose(y, np.linalg.matrix_power(s, n_layers) @ x,
                              rtol=_RTOL, atol=_ATOL)
   wt = np.random.default_rng(4).normal(size=x.shape).astype(np.float32)
-  g = jax.grad(lambda x: jnp.sum(sparse.knn_propagate(
+  g = jax.grad(lambda x: jnp.sum(graph.knn_propagate(
       x, knn_v, knn_t, k=k, image_weight=w, n_layers=n_layers) * wt))(
           jnp.asarray(x))
   np.testing.assert_allclose(g, np.linalg.matrix_power(s.T, n_layers) @ wt,
@@ -253,9 +254,9 @@ def _csr_to_dense(a: sparse.Csr) -> np.ndarray:
 def test_knn_graph_is_the_scipy_matrix_and_its_transpose():
   knn_v, knn_t = _knn_lists(seed=4)
   k, w = 4, 0.3
-  want = sparse.knn_matrix_numpy(knn_v, knn_t, k, w, knn_v.shape[0])
+  want = graph.knn_matrix_numpy(knn_v, knn_t, k, w, knn_v.shape[0])
   # Built under jit, as the model does inside the compiled step.
-  s, s_t = jax.jit(sparse.knn_graph, static_argnames=('k', 'image_weight'))(
+  s, s_t = jax.jit(graph.knn_graph, static_argnames=('k', 'image_weight'))(
       jnp.asarray(knn_v), jnp.asarray(knn_t), k=k, image_weight=w)
   np.testing.assert_allclose(_csr_to_dense(s), want.toarray(), rtol=1e-6)
   np.testing.assert_allclose(_csr_to_dense(s_t), want.toarray().T, rtol=1e-6)
@@ -269,7 +270,7 @@ def test_knn_graph_is_the_scipy_matrix_and_its_transpose():
 
 def test_knn_graph_csr_matches_knn_propagate():
   knn_v, knn_t = _knn_lists(seed=3)
-  s, s_t = sparse.knn_graph(knn_v, knn_t, k=5, image_weight=0.3)
+  s, s_t = graph.knn_graph(knn_v, knn_t, k=5, image_weight=0.3)
   x = jnp.asarray(np.random.default_rng(6).normal(size=(s.n_cols, 8)),
                   jnp.float32)
 
@@ -277,7 +278,7 @@ def test_knn_graph_csr_matches_knn_propagate():
     return jnp.sum(jnp.sin(sparse.spmm(s, x, kernel='csr', a_t=s_t)))
 
   def loss_gather(x):
-    return jnp.sum(jnp.sin(sparse.knn_propagate(
+    return jnp.sum(jnp.sin(graph.knn_propagate(
         x, knn_v, knn_t, k=5, image_weight=0.3)))
 
   for fa, fb in ((loss_csr, loss_gather),

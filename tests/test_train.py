@@ -12,7 +12,7 @@ import conftest
 from configs import tiny
 from mentor_jax import data as data_lib
 from mentor_jax import metrics
-from mentor_jax import objective
+from mentor_jax.models.mentor import objective
 from mentor_jax import registry
 from mentor_jax import report
 from mentor_jax import train

@@ -18,10 +18,12 @@ from configs import tiny
 from mentor_jax import analysis
 from mentor_jax import data as data_lib
 from mentor_jax import grid as grid_lib
-from mentor_jax import losses
-from mentor_jax import model as model_lib
-from mentor_jax import objective
-from mentor_jax import sparse
+from mentor_jax.models.mentor import losses
+from mentor_jax.models.mentor import model as model_lib
+from mentor_jax.models.mentor import objective
+from mentor_jax.ops import graph
+from mentor_jax.ops import losses as ops_losses
+from mentor_jax.ops import sparse
 
 KEY = jax.random.PRNGKey(3)
 
@@ -154,7 +156,7 @@ def test_feature_mask_gradient_is_real_and_stops_the_dropout_view(
       tiny_dataset, feature_mask='gradient', dropout=0.0), spmm_kernel='csr')
   v = model_lib.build_views(objective.run_forward(model, data, KEY, hp))
   mlp = lambda r: r @ model.mask_w[...] + model.mask_b[...]
-  cos = lambda a, b: jnp.mean(losses.cosine_similarity(a, b))
+  cos = lambda a, b: jnp.mean(ops_losses.cosine_similarity(a, b))
   got = jax.grad(lambda r: objective._feature_mask(
       model, v._replace(fused_u=r), KEY, hp))(v.fused_u)
   want = jax.grad(lambda r: -cos(jax.lax.stop_gradient(r), mlp(r)))(
@@ -244,21 +246,21 @@ def test_mm_aggregation_sum_and_power(kernel):
   knn_v = jnp.asarray(rng.integers(0, n, (n, k)), jnp.int32)
   knn_t = jnp.asarray(rng.integers(0, n, (n, k)), jnp.int32)
   x = jnp.asarray(rng.standard_normal((n, 4)), jnp.float32)
-  s = lambda y: sparse.knn_propagate(y, knn_v, knn_t, k=k, n_layers=1)
+  s = lambda y: graph.knn_propagate(y, knn_v, knn_t, k=k, n_layers=1)
   kw = dict(image_weight=0.1, n_layers=2, kernel=kernel)
-  graph = lambda y, agg: model_lib.item_graph(y, knn_v, knn_t,
-                                              aggregation=agg, **kw)
-  np.testing.assert_allclose(graph(x, 'power'), s(s(x)), rtol=1e-5)
-  np.testing.assert_allclose(graph(x, 'sum'), s(x) + s(s(x)), rtol=1e-5,
+  item_graph = lambda y, agg: graph.item_graph(y, knn_v, knn_t,
+                                               aggregation=agg, **kw)
+  np.testing.assert_allclose(item_graph(x, 'power'), s(s(x)), rtol=1e-5)
+  np.testing.assert_allclose(item_graph(x, 'sum'), s(x) + s(s(x)), rtol=1e-5,
                              atol=1e-6)
   g = jnp.asarray(rng.standard_normal((n, 4)), jnp.float32)
   np.testing.assert_allclose(
-      jax.grad(lambda y: jnp.sum(g * graph(y, 'sum')))(x),
+      jax.grad(lambda y: jnp.sum(g * item_graph(y, 'sum')))(x),
       jax.grad(lambda y: jnp.sum(g * (s(y) + s(s(y)))))(x),
       rtol=1e-5, atol=1e-6)
   kw['n_layers'] = 1
   np.testing.assert_allclose(  # L = 1: the two readings agree.
-      graph(x, 'sum'), graph(x, 'power'), rtol=1e-6)
+      item_graph(x, 'sum'), item_graph(x, 'power'), rtol=1e-6)
 
 
 def test_knn_k_and_mm_layers_change_the_item_embeddings(tiny_data,

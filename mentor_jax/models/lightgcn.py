@@ -17,7 +17,9 @@ from flax import nnx
 
 from mentor_jax import data as data_lib
 from mentor_jax import family
-from mentor_jax.baselines import common
+from mentor_jax.ops import graph
+from mentor_jax.ops import init as init_lib
+from mentor_jax.ops import losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +34,9 @@ class LightGCN(nnx.Module):
 
   def __init__(self, n_users: int, n_items: int, dim: int, *,
                rngs: nnx.Rngs):
-    self.user_emb = nnx.Param(common.xavier_uniform(rngs.params(),
+    self.user_emb = nnx.Param(init_lib.xavier_uniform(rngs.params(),
                                                     (n_users, dim)))
-    self.item_emb = nnx.Param(common.xavier_uniform(rngs.params(),
+    self.item_emb = nnx.Param(init_lib.xavier_uniform(rngs.params(),
                                                     (n_items, dim)))
 
 
@@ -43,7 +45,7 @@ def propagate(model: LightGCN, data: data_lib.DeviceData,
   """(users, items) after the layer-mean readout."""
   users = model.user_emb[...]
   ego = jnp.concatenate([users, model.item_emb[...]], axis=0)
-  out = common.layer_mean_propagate(data.adj, ego, hp.n_layers,
+  out = graph.layer_mean_propagate(data.adj, ego, hp.n_layers,
                                     hp.spmm_kernel)
   n_users = users.shape[0]
   return out[:n_users], out[n_users:]
@@ -60,8 +62,8 @@ def loss(model: LightGCN, data: data_lib.DeviceData, batch: data_lib.Batches,
          model.item_emb[...][batch.pos_items],
          model.item_emb[...][batch.neg_items])
   parts = {
-      'bpr': common.mmrec_bpr_loss(pos, neg, batch.mask),
-      'reg': hp.reg_weight * common.mmrec_emb_loss(ego, batch.mask),
+      'bpr': losses.mmrec_bpr_loss(pos, neg, batch.mask),
+      'reg': hp.reg_weight * losses.mmrec_emb_loss(ego, batch.mask),
   }
   return sum(parts.values()), (parts, (users, items))
 

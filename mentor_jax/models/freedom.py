@@ -29,10 +29,10 @@ from flax import nnx
 
 from mentor_jax import data as data_lib
 from mentor_jax import family
-from mentor_jax import losses
-from mentor_jax import model as model_lib
-from mentor_jax import sparse
-from mentor_jax.baselines import common
+from mentor_jax.ops import graph
+from mentor_jax.ops import init as init_lib
+from mentor_jax.ops import losses
+from mentor_jax.ops import sparse
 
 # MMRec adds this to every degree before the inverse square root.
 _DEGREE_EPS = 1e-7
@@ -54,15 +54,15 @@ class Freedom(nnx.Module):
   def __init__(self, n_users: int, feat_v: np.ndarray, feat_t: np.ndarray,
                dim: int, feat_dim: int, *, rngs: nnx.Rngs):
     n_items = feat_v.shape[0]
-    self.user_emb = nnx.Param(common.xavier_uniform(rngs.params(),
+    self.user_emb = nnx.Param(init_lib.xavier_uniform(rngs.params(),
                                                     (n_users, dim)))
-    self.item_emb = nnx.Param(common.xavier_uniform(rngs.params(),
+    self.item_emb = nnx.Param(init_lib.xavier_uniform(rngs.params(),
                                                     (n_items, dim)))
     self.feat_v = nnx.Param(jnp.asarray(feat_v, jnp.float32))
     self.feat_t = nnx.Param(jnp.asarray(feat_t, jnp.float32))
-    w, b = common.torch_linear_init(rngs.params(), feat_v.shape[1], feat_dim)
+    w, b = init_lib.torch_linear_init(rngs.params(), feat_v.shape[1], feat_dim)
     self.proj_v_w, self.proj_v_b = nnx.Param(w), nnx.Param(b)
-    w, b = common.torch_linear_init(rngs.params(), feat_t.shape[1], feat_dim)
+    w, b = init_lib.torch_linear_init(rngs.params(), feat_t.shape[1], feat_dim)
     self.proj_t_w, self.proj_t_b = nnx.Param(w), nnx.Param(b)
 
 
@@ -70,12 +70,12 @@ def forward(model: Freedom, data: data_lib.DeviceData, adj: sparse.Csr,
             hp: Hparams) -> tuple[jax.Array, jax.Array]:
   """(users, items) on the user-item graph `adj` (pruned or full)."""
   items = model.item_emb[...]
-  h = model_lib.item_graph(items, data.knn_v, data.knn_t,
+  h = graph.item_graph(items, data.knn_v, data.knn_t,
                            image_weight=hp.mm_image_weight,
                            n_layers=hp.n_mm_layers, kernel=hp.spmm_kernel)
   users = model.user_emb[...]
   ego = jnp.concatenate([users, items], axis=0)
-  out = common.layer_mean_propagate(adj, ego, hp.n_ui_layers, hp.spmm_kernel)
+  out = graph.layer_mean_propagate(adj, ego, hp.n_ui_layers, hp.spmm_kernel)
   n_users = users.shape[0]
   return out[:n_users], out[n_users:] + h
 

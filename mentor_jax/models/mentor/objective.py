@@ -1,8 +1,8 @@
 """MENTOR's training objective (MENTOR_SPEC §2.6) and its `ModelFamily`.
 
 `Hparams` is the static, hashable set of settings that shape the compiled
-step; `mentor_loss` composes the pure losses of `losses.py` on the outputs of
-`model.forward`.
+step; `mentor_loss` composes the pure losses (`losses.py` here, and the
+shared `ops.losses` and `ops.infonce`) on the outputs of `model.forward`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mentor_jax import data as data_lib
-from mentor_jax import distributed
 from mentor_jax import family
-from mentor_jax import losses
-from mentor_jax import model as model_lib
-from mentor_jax import precision as precision_lib
+from mentor_jax.models.mentor import losses
+from mentor_jax.models.mentor import model as model_lib
+from mentor_jax.ops import infonce
+from mentor_jax.ops import losses as ops_losses
+from mentor_jax.ops import precision as precision_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Hparams(family.TrainHparams):
   spmm_kernel: str = 'csr'
   infonce_impl: str = 'fused'
   infonce_block_size: int = 256
-  infonce_scope: str = 'all'  # Scale-out (distributed.py): 'all' | 'batch'.
+  infonce_scope: str = 'all'  # Scale-out (ops/infonce.py): 'all' | 'batch'.
   # Code-vs-paper switches (configs/base.py, docs/paper_vs_code.md); the
   # defaults are the official code.
   fusion: str = 'per_user'
@@ -159,7 +160,7 @@ def mentor_loss(model: model_lib.Mentor, data: data_lib.DeviceData,
   user = v.fused_u[u]
   pos = jnp.sum(user * v.fused_i[p], axis=-1)
   neg = jnp.sum(user * v.fused_i[n], axis=-1)
-  bpr = losses.bpr_loss(pos, neg, mask, log_base=hp.bpr_log_base)
+  bpr = ops_losses.bpr_loss(pos, neg, mask, log_base=hp.bpr_log_base)
 
   pref_v = model.encoders['v'].preference[...][u]
   pref_t = model.encoders['t'].preference[...][u]
@@ -183,8 +184,8 @@ def mentor_loss(model: model_lib.Mentor, data: data_lib.DeviceData,
                                                         hp)
 
   if hp.mask_weight_g and (model.perturbed or perturbs_own_encoders(hp)):
-    # Scale-out (distributed.py): 'sharded' impl and 'batch' scope.
-    nce = lambda a, b, ids: distributed.info_nce(
+    # Scale-out (ops/infonce.py): 'sharded' impl and 'batch' scope.
+    nce = lambda a, b, ids: infonce.info_nce_loss(
         a, b, hp.temp, impl=hp.infonce_impl, block_size=hp.infonce_block_size,
         scope=hp.infonce_scope, ids=ids, mask=mask,
         precision=hp.matmul_precision)

@@ -16,7 +16,8 @@ from flax import nnx
 
 from mentor_jax import data as data_lib
 from mentor_jax import family
-from mentor_jax.baselines import common
+from mentor_jax.ops import init as init_lib
+from mentor_jax.ops import losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +32,9 @@ class MFBPR(nnx.Module):
 
   def __init__(self, n_users: int, n_items: int, dim: int, *,
                rngs: nnx.Rngs):
-    self.user_emb = nnx.Param(common.xavier_normal(rngs.params(),
+    self.user_emb = nnx.Param(init_lib.xavier_normal(rngs.params(),
                                                    (n_users, dim)))
-    self.item_emb = nnx.Param(common.xavier_normal(rngs.params(),
+    self.item_emb = nnx.Param(init_lib.xavier_normal(rngs.params(),
                                                    (n_items, dim)))
 
 
@@ -47,8 +48,8 @@ def loss(model: MFBPR, data: data_lib.DeviceData, batch: data_lib.Batches,
   pos = jnp.sum(u * p, axis=-1)
   neg = jnp.sum(u * n, axis=-1)
   parts = {
-      'bpr': common.mmrec_bpr_loss(pos, neg, batch.mask),
-      'reg': hp.reg_weight * common.mmrec_emb_loss((u, p, n), batch.mask),
+      'bpr': losses.mmrec_bpr_loss(pos, neg, batch.mask),
+      'reg': hp.reg_weight * losses.mmrec_emb_loss((u, p, n), batch.mask),
   }
   return sum(parts.values()), (parts, (users, items))
 

@@ -18,15 +18,16 @@ All three are exact re-arrangements of the per-encoder computation.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mentor_jax import precision as precision_lib
-from mentor_jax import sparse
+from mentor_jax.ops import graph
+from mentor_jax.ops import init as init_lib
+from mentor_jax.ops import precision as precision_lib
+from mentor_jax.ops import sparse
 
 EMBED_DIM = 64  # `embedding_size`; hard-coded in several places upstream.
 HIDDEN_DIM = 256  # Width of the item MLP's hidden layer (`GCN.MLP`).
@@ -42,36 +43,19 @@ OWN_PERTURBED = ('v', 'v', 't', 't')
 
 FUSIONS = ('per_user', 'alpha')
 NOISES = ('simgcl', 'uniform')
-MM_AGGREGATIONS = ('power', 'sum')
-
-
-def _torch_linear_init(fan_in: int):
-  """PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-def _xavier_normal(key, shape, dtype=jnp.float32):
-  """torch.nn.init.xavier_normal_ for a 2-d tensor (gain 1)."""
-  fan_out, fan_in = shape[0], math.prod(shape[1:])
-  std = math.sqrt(2.0 / (fan_in + fan_out))
-  return std * jax.random.normal(key, shape, dtype)
+MM_AGGREGATIONS = graph.MM_AGGREGATIONS
 
 
 class Encoder(nnx.Module):
   """Parameters of one modality encoder (`GCN` upstream)."""
 
   def __init__(self, n_users: int, in_dim: int, *, rngs: nnx.Rngs):
-    init = _torch_linear_init(in_dim)
+    init = init_lib.torch_linear_uniform(in_dim)
     self.preference = nnx.Param(
-        _xavier_normal(rngs.params(), (n_users, EMBED_DIM)))
+        init_lib.xavier_normal(rngs.params(), (n_users, EMBED_DIM)))
     self.w1 = nnx.Param(init(rngs.params(), (in_dim, HIDDEN_DIM)))
     self.b1 = nnx.Param(init(rngs.params(), (HIDDEN_DIM,)))
-    init = _torch_linear_init(HIDDEN_DIM)
+    init = init_lib.torch_linear_uniform(HIDDEN_DIM)
     self.w2 = nnx.Param(init(rngs.params(), (HIDDEN_DIM, EMBED_DIM)))
     self.b2 = nnx.Param(init(rngs.params(), (EMBED_DIM,)))
 
@@ -103,13 +87,13 @@ class Mentor(nnx.Module):
     names = CLEAN + (PERTURBED if perturbed else ())
     self.encoders = nnx.Dict(
         {n: Encoder(n_users, in_dims[n], rngs=rngs) for n in names})
-    self.id_feat = nnx.Param(_xavier_normal(rngs.params(),
+    self.id_feat = nnx.Param(init_lib.xavier_normal(rngs.params(),
                                             (n_items, EMBED_DIM)))
     # Per-user modality weights: softmax over the two modalities once, at
     # init; afterwards a free parameter (no softmax in the forward pass).
     # Drawn in both fusion modes so that every other parameter gets the same
     # initial value whichever fusion is chosen.
-    raw = _xavier_normal(rngs.params(), (n_users, 2))
+    raw = init_lib.xavier_normal(rngs.params(), (n_users, 2))
     if fusion == 'alpha':
       # Unconstrained, as in the paper (no sigmoid): alpha and 1 - alpha.
       self.alpha = nnx.Param(jnp.asarray(0.5, jnp.float32))
@@ -117,7 +101,7 @@ class Mentor(nnx.Module):
       self.weight_u = nnx.Param(jax.nn.softmax(raw, axis=1))
     # The feature-masking predictor (`mlp`, 128 -> 128). Under the official
     # semantics it only feeds a loss computed without gradient.
-    init = _torch_linear_init(2 * EMBED_DIM)
+    init = init_lib.torch_linear_uniform(2 * EMBED_DIM)
     self.mask_w = nnx.Param(init(rngs.params(), (2 * EMBED_DIM,
                                                  2 * EMBED_DIM)))
     self.mask_b = nnx.Param(init(rngs.params(), (2 * EMBED_DIM,)))
@@ -128,7 +112,13 @@ class Mentor(nnx.Module):
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """F.normalize(x, dim=-1): x / max(||x||, eps)."""
+  """F.normalize(x, dim=-1) written as torch does: x / max(||x||, eps).
+
+  Not `ops.losses.l2_normalize` (sqrt(max(|x|^2, eps^2)), the form with a
+  finite gradient at 0 that the losses use): the two differ in float32's
+  last bit, and this one keeps MENTOR's recorded runs reproducible bit for
+  bit.
+  """
   norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
   return x / jnp.maximum(norm, eps)
 
@@ -137,7 +127,7 @@ def item_mlps(features: jax.Array, encoders: Sequence[Encoder],
               precision: str = 'float32') -> jax.Array:
   """LeakyReLU(F W1 + b1) W2 + b2 for encoders sharing the input F.
 
-  `precision`: of both matmuls, see `mentor_jax/precision.py`.
+  `precision`: of both matmuls, see `mentor_jax/ops/precision.py`.
 
   Returns:
     [I, n_encoders, 64].
@@ -239,28 +229,6 @@ class Embeddings(NamedTuple):
   weight_i: jax.Array | None = None
 
 
-def item_graph(x: jax.Array, knn_v: jax.Array, knn_t: jax.Array, *,
-               image_weight: float, n_layers: int,
-               aggregation: str = 'power', kernel: str = 'csr') -> jax.Array:
-  """What the item-item graph adds to the UI output x (Eq. 5-6).
-
-  'power' (the code, and the paper's text, which adds the last layer's
-  A^(L)): S^L x. 'sum': sum_{l=1..L} S^l x, the LATTICE-style reading.
-  Equal for L = 1. S is applied with `sparse.spmm` (`kernel`), built from
-  the neighbour lists by `sparse.knn_graph`.
-  """
-  if aggregation not in MM_AGGREGATIONS:
-    raise ValueError(f'mm_aggregation must be one of {MM_AGGREGATIONS}, '
-                     f'got {aggregation!r}')
-  s, s_t = sparse.knn_graph(knn_v, knn_t, k=knn_v.shape[1],
-                            image_weight=image_weight)
-  total, h = jnp.zeros_like(x), x
-  for _ in range(n_layers):
-    h = sparse.spmm(s, h, kernel=kernel, a_t=s_t)
-    total = total + h
-  return h if aggregation == 'power' else total
-
-
 def forward(model: Mentor, feat_v: jax.Array, feat_t: jax.Array,
             adj: sparse.Csr, knn_v: jax.Array, knn_t: jax.Array,
             key: jax.Array | None, *, mm_image_weight: float = 0.1,
@@ -280,7 +248,7 @@ def forward(model: Mentor, feat_v: jax.Array, feat_t: jax.Array,
   are shared with the clean pass, so the InfoNCE trains them directly.
   `noise` picks the noise (see `propagate`); `mm_aggregation` the
   item-item aggregation (see `item_graph`); `precision` the item MLPs'
-  matmul precision (`mentor_jax/precision.py`).
+  matmul precision (`mentor_jax/ops/precision.py`).
   """
   enc = model.encoders
   if perturb_own and model.perturbed:
@@ -309,9 +277,10 @@ def forward(model: Mentor, feat_v: jax.Array, feat_t: jax.Array,
   u, i = h[:n_users], h[n_users:]
   n_items, n_enc, dim = i.shape
   flat = i.reshape(n_items, n_enc * dim)
-  smooth = item_graph(flat, knn_v, knn_t, image_weight=mm_image_weight,
-                      n_layers=n_mm_layers, aggregation=mm_aggregation,
-                      kernel=kernel)
+  smooth = graph.item_graph(flat, knn_v, knn_t,
+                            image_weight=mm_image_weight,
+                            n_layers=n_mm_layers, aggregation=mm_aggregation,
+                            kernel=kernel)
   items = (flat + smooth).reshape(n_items, n_enc, dim)
   if 'alpha' in vars(model):
     alpha = model.alpha[...]
