@@ -85,11 +85,18 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *,
     The meta dict written to the file.
 
   Raises:
-    DataError: invalid input (see `data_prep.inter`).
+    DataError: invalid input (see `data_prep.inter`), knn_k < 1, or an
+      `out` that is a folder.
   """
-  src, out = Path(src), Path(out)
+  src, out = Path(src), fmt.check_output_path(out)
   if not src.is_dir():
     raise fmt.DataError(f'{src}: no such directory')
+  if isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1:
+    raise fmt.DataError(f'knn_k (--knn-k): expected an integer >= 1, found '
+                        f'{knn_k!r}')
+  if synth_seed is not None and min(synth_dims) < 1:
+    raise fmt.DataError(f'synth_dims (--synth-dims): expected two integers '
+                        f'>= 1, found {tuple(synth_dims)}')
   name = name or src.resolve().name
   inter_file = inter_file or f'{name}.inter'
   data = inter.read_inter(src / inter_file)

@@ -50,13 +50,33 @@ def normalized_adjacency(
   return (indptr.astype(np.int32), cols.astype(np.int32), values)
 
 
+# A float32 norm is exact enough between these bounds; outside them the
+# squares overflow to inf (values near the float32 maximum) or underflow.
+_SAFE_NORM = (1e-15, 1e15)
+
+
 def _normalize_rows(feat: np.ndarray) -> np.ndarray:
-  """Returns float32 rows divided by their L2 norm; zero rows stay zero."""
+  """Returns float32 rows divided by their L2 norm; zero rows stay zero.
+
+  The norm is computed in float32, as the official code does, except for
+  rows where float32 squares would overflow or underflow: those are
+  recomputed in float64, where the norm of any finite float32 row is finite
+  (and non-zero unless the row is zero).
+  """
   feat = np.asarray(feat, np.float32)
-  norm = np.linalg.norm(feat, axis=1, keepdims=True)
+  with np.errstate(over='ignore', under='ignore'):
+    norm = np.linalg.norm(feat, axis=1, keepdims=True)
   # The official code divides without epsilon (its features have no zero
   # rows); a zero row here gets similarity 0 to everything instead of NaN.
-  return np.divide(feat, norm, out=np.zeros_like(feat), where=norm > 0)
+  out = np.divide(feat, norm, out=np.zeros_like(feat),
+                  where=np.isfinite(norm) & (norm > 0))
+  unsafe = ~((norm >= _SAFE_NORM[0]) & (norm <= _SAFE_NORM[1]))[:, 0]
+  if unsafe.any():
+    rows = feat[unsafe].astype(np.float64)
+    norm64 = np.linalg.norm(rows, axis=1, keepdims=True)
+    out[unsafe] = np.divide(rows, norm64, out=np.zeros_like(rows),
+                            where=norm64 > 0)
+  return out
 
 
 def _topk_block(sim: np.ndarray, k: int) -> np.ndarray:

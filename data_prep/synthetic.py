@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data_prep import importer
+
 FACTOR_DIM = 16
 BETA = 3.0  # Strength of the factor affinity in the item choice.
 POP_SIGMA = 1.0  # Log-normal spread of item popularity.
@@ -141,15 +143,7 @@ def mmrec_split(rng: np.random.Generator, user: np.ndarray,
     vt = int(0.2 n), valid = vt // 2, test = vt - valid.
   """
   order = np.lexsort((rng.random(user.size), user))
-  u = user[order]
-  deg = np.bincount(u, minlength=n_users)
-  start = np.concatenate([[0], np.cumsum(deg)[:-1]])
-  rank = np.arange(u.size) - start[u]
-  n = deg[u]
-  vt = np.where(n < 10, 2, (0.2 * n).astype(np.int64))
-  n_train, n_valid = n - vt, vt // 2
-  label = np.where(rank < n_train, 0, np.where(rank < n_train + n_valid, 1, 2))
-  return order, label.astype(np.int8)
+  return order, importer.split_labels(user[order], n_users)
 
 
 def _features(rng: np.random.Generator, factors: np.ndarray, dim: int,

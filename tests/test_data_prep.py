@@ -229,7 +229,7 @@ def test_bad_input_errors(case, mmrec_folder, tmp_path):
   with pytest.raises(DataError, match=pattern):
     convert_lib.convert(src, out)
   assert not out.parent.exists() or not any(out.parent.iterdir())
-  assert cli.main(['convert', '--src', str(src), '--out', str(out)]) == 2
+  assert cli.main(['convert', '--src', str(src), '--out', str(out)]) == 3
 
 
 @pytest.fixture
