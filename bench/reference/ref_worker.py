@@ -15,9 +15,19 @@ is modified. In this process only:
   evaluation path (lmdb, torchvision, matplotlib: image-loading and
   plotting helpers) are replaced by empty stubs if they are not installed.
 
-The training loop below is `Trainer._train_epoch`'s body, batch by batch
-(zero_grad, calculate_loss, .item(), NaN check, backward, step), so that each
-batch can be timed; evaluation is `Trainer.evaluate` itself.
+Two ways to time training, both in one run if asked:
+
+* `--batches N` (after `--warmup` batches): `Trainer._train_epoch`'s body,
+  batch by batch (zero_grad, calculate_loss, .item(), NaN check, backward,
+  step), so that each batch can be timed; the epoch is then EXTRAPOLATED
+  (pre_epoch_processing + median batch x batches per epoch);
+* `--epochs N`: N whole epochs, each as `Trainer.fit` runs one
+  (`pre_epoch_processing`, the official `Trainer._train_epoch` itself, the
+  learning-rate scheduler step), timed until the device is idle.
+
+Evaluation is `Trainer.evaluate` itself. On a GPU the peak device memory is
+torch's own count (`torch.cuda.max_memory_allocated`, and the allocator's
+reserved peak), over the whole process.
 """
 
 from __future__ import annotations
@@ -30,6 +40,12 @@ import sys
 import time
 import types
 
+_T_START = time.perf_counter()
+
+# The device machine's Python holds jax next to torch, and bench.common
+# reports jax's versions: a jax GPU client in this process would take most of
+# the GPU's memory from the torch code being measured.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from bench import common  # pylint: disable=g-import-not-at-top
 
@@ -166,6 +182,39 @@ def run(args: argparse.Namespace) -> dict:
     if b >= args.warmup:
       times.append(dt)
     print(f'batch {b}: {dt:.2f} s loss {losses[-1]:.4f}', flush=True)
+  # The loader is its own iterator and rewinds only when it runs out; rewind
+  # it as its StopIteration does, so that each epoch below is a whole one.
+  train_data.pr = train_data.inter_pr = 0
+
+  # Whole epochs, as Trainer.fit runs them (without its evaluation). With
+  # --time-limit, an epoch that would end past 80 % of it (the rest is for
+  # the evaluation) is not started; the result says so.
+  epoch_times, epoch_losses, epochs_note = [], [], None
+  if times:
+    guess = pre_epoch_s + common.summarize(times)['median'] * n_batches
+  else:
+    guess = None
+  for e in range(args.epochs):
+    predicted = epoch_times[-1] if epoch_times else guess
+    elapsed = time.perf_counter() - _T_START
+    if (args.time_limit and predicted is not None
+        and elapsed + predicted > 0.8 * args.time_limit):
+      epochs_note = (f'{e} of {args.epochs} epochs: the next (~{predicted:.0f}'
+                     f' s) would end past 80% of --time-limit '
+                     f'{args.time_limit:.0f} s')
+      break
+    t0 = time.perf_counter()
+    model.pre_epoch_processing()
+    train_loss, _ = trainer._train_epoch(train_data, e)  # pylint: disable=protected-access
+    if torch.is_tensor(train_loss):  # what fit() checks: a NaN batch
+      raise FloatingPointError(f'NaN loss in epoch {e}')
+    trainer.lr_scheduler.step()
+    sync()
+    dt = time.perf_counter() - t0
+    epoch_times.append(dt)
+    epoch_losses.append(float(sum(train_loss) if isinstance(train_loss, tuple)
+                              else train_loss))
+    print(f'epoch {e}: {dt:.2f} s loss {epoch_losses[-1]:.4f}', flush=True)
 
   eval_times, first_eval = [], None
   for r in range(args.eval_warmup + args.eval_reps):
@@ -180,19 +229,37 @@ def run(args: argparse.Namespace) -> dict:
       eval_times.append(dt)
     print(f'eval {r}: {dt:.2f} s', flush=True)
 
-  step = common.summarize(times)
-  return {
+  result = {
       'impl': 'official', 'device': 'cuda' if on_gpu else 'cpu',
       'torch_threads': torch.get_num_threads(), 'dataset': args.dataset,
       'n_users': int(dataset.user_num), 'n_items': int(dataset.item_num),
       'n_train': len(train_ds), 'batches_per_epoch': n_batches,
       'setup_s': setup_s, 'pre_epoch_s': pre_epoch_s,
-      'warmup_batches': args.warmup, 'batch_s': step,
-      'epoch_s_extrapolated': pre_epoch_s + step['median'] * n_batches,
-      'eval_first_s': first_eval, 'eval_s': common.summarize(eval_times),
+      'warmup_batches': args.warmup, 'eval_first_s': first_eval,
+      'eval_s': common.summarize(eval_times),
       'valid_recall@10': float(valid.get('recall@10', float('nan'))),
       'losses': losses, 'numpy': np.__version__,
+      # torch's default keeps float32 matmuls strict (no TF32) since 1.12.
+      'float32_matmul_precision': torch.get_float32_matmul_precision(),
+      'cuda_matmul_allow_tf32': bool(torch.backends.cuda.matmul.allow_tf32),
   }
+  if times:
+    step = common.summarize(times)
+    result['batch_s'] = step
+    result['epoch_s_extrapolated'] = pre_epoch_s + step['median'] * n_batches
+  if epoch_times:
+    result['epoch_s'] = common.summarize(epoch_times)
+    result['epoch_times_s'] = epoch_times
+    result['epoch_losses'] = epoch_losses
+  if epochs_note:
+    result['epochs_note'] = epochs_note
+  if on_gpu:
+    result['cuda_device'] = torch.cuda.get_device_name(0)
+    result['torch_cuda_peak_allocated_gib'] = (
+        torch.cuda.max_memory_allocated() / common.GIB)
+    result['torch_cuda_peak_reserved_gib'] = (
+        torch.cuda.max_memory_reserved() / common.GIB)
+  return result
 
 
 def main() -> None:
@@ -201,8 +268,15 @@ def main() -> None:
   p.add_argument('--data-path', required=True,
                  help='folder holding <dataset>/<dataset>.inter etc.')
   p.add_argument('--dataset', default='baby')
-  p.add_argument('--batches', type=int, default=5)
-  p.add_argument('--warmup', type=int, default=1)
+  p.add_argument('--batches', type=int, default=5,
+                 help='timed single batches (epoch extrapolated from them)')
+  p.add_argument('--warmup', type=int, default=1,
+                 help='untimed batches before everything else')
+  p.add_argument('--epochs', type=int, default=0,
+                 help='whole epochs timed after the batches')
+  p.add_argument('--time-limit', type=float, default=0,
+                 help='seconds for this worker; whole epochs that would '
+                 'not fit are left out (0: no limit)')
   p.add_argument('--eval-reps', type=int, default=2)
   p.add_argument('--eval-warmup', type=int, default=1)
   p.add_argument('--threads', type=int, default=0)

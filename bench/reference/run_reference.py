@@ -26,10 +26,12 @@ constructor loads that file but nothing it feeds reaches the loss.
 
 Timed: the official per-epoch host work (`pre_epoch_processing`) once, then
 `--batches` training batches after `--warmup` (each batch as in
-`Trainer._train_epoch`, negative sampling included), and full evaluation
-(valid + test via `Trainer.evaluate`). The official epoch is EXTRAPOLATED:
-pre_epoch + median batch x batches per epoch (a full Baby epoch is ~58
-batches of ~12 s on a 2-core CPU).
+`Trainer._train_epoch`, negative sampling included), then `--epochs` whole
+epochs (the official `Trainer._train_epoch` itself), and full evaluation
+(valid + test via `Trainer.evaluate`). From batches the official epoch is
+EXTRAPOLATED: pre_epoch + median batch x batches per epoch (a full Baby epoch
+is ~58 batches of ~12 s on a 2-core CPU); on a GPU time whole epochs
+(`--batches 0 --epochs 2`), as bench/device_suite.sh does.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ import subprocess
 import sys
 from typing import Any
 
+# Only the banner imports jax here; on a machine whose Python has jax next to
+# torch (the device machine), a jax GPU client in this parent process would
+# hold most of the GPU's memory while the official code runs in the child.
+# Our own side (--with-ours) gets the caller's setting back.
+CALLER_JAX_PLATFORMS = os.environ.get('JAX_PLATFORMS')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from bench import common  # pylint: disable=g-import-not-at-top
 
@@ -106,10 +114,16 @@ def run_official(args: argparse.Namespace) -> dict[str, Any]:
   argv = [args.ref_python, str(HERE / 'ref_worker.py'),
           '--mentor-src', args.mentor_src, '--data-path', str(args.data_root),
           '--dataset', args.name, '--batches', str(args.batches),
-          '--warmup', str(args.warmup), '--eval-reps', str(args.eval_reps)]
+          '--warmup', str(args.warmup), '--epochs', str(args.epochs),
+          '--eval-reps', str(args.eval_reps)]
+  if args.timeout:
+    # The worker leaves out whole epochs that would not fit, rather than
+    # being killed with nothing measured.
+    argv += ['--time-limit', str(args.timeout)]
   env = dict(os.environ)
   # Imports of `bench` need the repository, not the caller's cwd.
-  env['PYTHONPATH'] = str(common.REPO)
+  env['PYTHONPATH'] = os.pathsep.join(
+      p for p in (str(common.REPO), env.get('PYTHONPATH')) if p)
   r = common.run_worker(argv, cwd=common.REPO, env=env,
                         timeout_s=args.timeout, echo=args.echo)
   r['argv'] = argv
@@ -123,43 +137,72 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
           'data_npz': str(args.npz), 'steps': args.our_steps,
           'warmup': args.our_warmup, 'epochs_timed': args.our_epochs,
           'eval_reps': args.our_eval_reps, 'skip_eval': False}
-  r = bench_train.run_variant(spec, timeout_s=args.timeout, echo=args.echo)
+  env = dict(os.environ)
+  env.pop('JAX_PLATFORMS')
+  if CALLER_JAX_PLATFORMS is not None:
+    env['JAX_PLATFORMS'] = CALLER_JAX_PLATFORMS
+  r = common.run_worker(common.self_worker_argv(bench_train.__file__, spec),
+                        cwd=common.REPO, env=env, timeout_s=args.timeout,
+                        echo=args.echo)
   r['spec'] = spec
   return r
+
+
+def official_epoch_s(r: dict[str, Any]) -> float:
+  """Median whole-epoch time where epochs were timed, else the extrapolation."""
+  return (r['epoch_s']['median'] if 'epoch_s' in r
+          else r['epoch_s_extrapolated'])
 
 
 def describe_official(r: dict[str, Any]) -> str:
   if 'error' in r:
     return f"official: FAILED (rc={r.get('returncode')}):\n{r['error']}"
-  return '\n'.join([
-      f"official MENTOR ({r['device']}, torch {r['env'].get('torch')}, "
-      f"{r['torch_threads']} threads): U={r['n_users']} I={r['n_items']} "
-      f"n_train={r['n_train']} batches/epoch={r['batches_per_epoch']}",
+  lines = [
+      f"official MENTOR ({r.get('cuda_device') or r['device']}, torch "
+      f"{r['env'].get('torch')}, {r['torch_threads']} threads): "
+      f"U={r['n_users']} I={r['n_items']} n_train={r['n_train']} "
+      f"batches/epoch={r['batches_per_epoch']}",
       f"  setup {r['setup_s']:.1f} s, pre_epoch_processing "
-      f"{r['pre_epoch_s']:.2f} s",
-      f"  batch  {common.fmt_stats(r['batch_s'])} "
-      f"(after {r['warmup_batches']} warm-up)",
-      f"  epoch  {r['epoch_s_extrapolated']:.1f} s EXTRAPOLATED "
-      f"(pre_epoch + median batch x {r['batches_per_epoch']})",
-      f"  eval (valid+test) {common.fmt_stats(r['eval_s'])}, first "
-      f"{r['eval_first_s']:.2f} s",
+      f"{r['pre_epoch_s']:.2f} s"]
+  if 'batch_s' in r:
+    lines += [
+        f"  batch  {common.fmt_stats(r['batch_s'])} "
+        f"(after {r['warmup_batches']} warm-up)",
+        f"  epoch  {r['epoch_s_extrapolated']:.1f} s EXTRAPOLATED "
+        f"(pre_epoch + median batch x {r['batches_per_epoch']})"]
+  if 'epoch_s' in r:
+    lines.append(f"  epoch  {common.fmt_stats(r['epoch_s'])} (whole epochs)")
+  lines.append(f"  eval (valid+test) {common.fmt_stats(r['eval_s'])}, first "
+               f"{r['eval_first_s']:.2f} s")
+  if 'torch_cuda_peak_allocated_gib' in r:
+    lines.append(f"  peak GPU memory {r['torch_cuda_peak_allocated_gib']:.2f}"
+                 f" GiB allocated, {r['torch_cuda_peak_reserved_gib']:.2f}"
+                 f" GiB reserved")
+  lines.append(
       f"  peak RSS {r['peak_rss_gib']:.2f} GiB (VmHWM "
       f"{r.get('vm_hwm_gib') or float('nan'):.2f}); load "
-      f"{r['loadavg_before'][0]:.2f} -> {r['loadavg_after'][0]:.2f}"])
+      f"{r['loadavg_before'][0]:.2f} -> {r['loadavg_after'][0]:.2f}")
+  return '\n'.join(lines)
 
 
 def ratios(ref: dict[str, Any], ours: dict[str, Any]) -> dict[str, float]:
   """reference / ours for time and memory (> 1: ours is faster/smaller)."""
   ours_epoch = (ours['epoch_s']['median'] if 'epoch_s' in ours
                 else ours['epoch_s_extrapolated'])
-  return {
-      'epoch_speedup': ref['epoch_s_extrapolated'] / ours_epoch,
-      'step_speedup': ref['batch_s']['median'] / ours['step_s']['median'],
+  out = {
+      'epoch_speedup': official_epoch_s(ref) / ours_epoch,
       'eval_speedup': ref['eval_s']['median'] / ours['eval_s']['median'],
       'peak_rss_ratio': ref['peak_rss_gib'] / ours['peak_rss_gib'],
       'ours_epoch_s': ours_epoch,
-      'ref_epoch_s_extrapolated': ref['epoch_s_extrapolated'],
+      'ref_epoch_s': official_epoch_s(ref),
+      'ref_epoch_whole': 'epoch_s' in ref,
   }
+  if 'batch_s' in ref:
+    out['step_speedup'] = ref['batch_s']['median'] / ours['step_s']['median']
+  if ref.get('torch_cuda_peak_allocated_gib') and ours.get('device_peak_gib'):
+    out['device_peak_ratio'] = (ref['torch_cuda_peak_allocated_gib']
+                                / ours['device_peak_gib'])
+  return out
 
 
 def main() -> None:
@@ -176,8 +219,12 @@ def main() -> None:
                  'src/configs/dataset/<name>.yaml (baby, sports, clothing)')
   p.add_argument('--data-root', type=pathlib.Path,
                  default=pathlib.Path('/tmp/mentor_ref_data'))
-  p.add_argument('--batches', type=int, default=5)
-  p.add_argument('--warmup', type=int, default=1)
+  p.add_argument('--batches', type=int, default=5,
+                 help='timed single batches (the epoch is extrapolated)')
+  p.add_argument('--warmup', type=int, default=1,
+                 help='untimed batches first')
+  p.add_argument('--epochs', type=int, default=0,
+                 help='whole epochs timed after the batches')
   p.add_argument('--eval-reps', type=int, default=2)
   p.add_argument('--with-ours', action='store_true',
                  help='also run bench_train (full variant) first, on --npz')
@@ -221,9 +268,8 @@ def main() -> None:
       entry['ratios'] = ratios(entry['official'], entry['ours'])
       r = entry['ratios']
       print(f"RATIOS (official / ours, same session): epoch "
-            f"{r['epoch_speedup']:.2f}x, step {r['step_speedup']:.2f}x, "
-            f"eval {r['eval_speedup']:.2f}x, peak RSS "
-            f"{r['peak_rss_ratio']:.2f}x", flush=True)
+            f"{r['epoch_speedup']:.2f}x, eval {r['eval_speedup']:.2f}x, "
+            f"peak RSS {r['peak_rss_ratio']:.2f}x", flush=True)
     runs.append(entry)
   out = args.out or common.default_out_dir() / f'reference_{args.name}.json'
   common.write_json(out, {'env': env, 'reference_versions': ref_ver,
