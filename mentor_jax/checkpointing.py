@@ -25,9 +25,12 @@ temporary directories are removed when training reopens the directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging as std_logging
 import pathlib
+import resource
+import shutil
 import signal
 import threading
 from typing import Any
@@ -38,13 +41,19 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mentor_jax import errors
+
 FORMAT_VERSION = 1
 LATEST = 'latest'
 BEST = 'best'
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.CheckpointError):
   """A checkpoint was written for another model, dataset or shape."""
+
+
+class DamagedCheckpointError(errors.CheckpointError):
+  """A step directory that cannot be read back (cut short, corrupted)."""
 
 
 def _leaf_name(path) -> str:
@@ -60,12 +69,15 @@ def signature(model_name: str, dataset: Any, params: Any) -> dict[str, Any]:
     params: the model's parameter pytree (arrays or ShapeDtypeStructs).
 
   Returns:
-    {'model', 'n_users', 'n_items', 'dim_v', 'dim_t',
-     'params': {leaf path: 'dtype[shape]'}}.
+    {'model', 'data_sha256', 'n_users', 'n_items', 'dim_v', 'dim_t',
+     'params': {leaf path: 'dtype[shape]'}}; 'data_sha256' is the
+    dataset's content digest (`data.content_digest`), so that a dataset of
+    the same shape but other content is not mixed into a run.
   """
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   return {
       'model': model_name,
+      'data_sha256': dataset.digest,
       'n_users': dataset.n_users,
       'n_items': dataset.n_items,
       'dim_v': dataset.dim_v,
@@ -76,17 +88,22 @@ def signature(model_name: str, dataset: Any, params: Any) -> dict[str, Any]:
 
 
 def check_signature(saved: dict[str, Any], current: dict[str, Any],
-                    where: str | pathlib.Path) -> None:
+                    where: str | pathlib.Path, *,
+                    allow_other_data: bool = False) -> None:
   """Raises CheckpointMismatchError naming every difference.
 
   Args:
     saved: the signature stored in the checkpoint.
     current: the signature of the model the caller wants to fill.
     where: the checkpoint path, for the message.
+    allow_other_data: accept (with a warning) a dataset whose content
+      differs when every shape matches (`config.resume_other_data`).
   """
+  data_key = 'data_sha256'
+  other_data = saved.get(data_key) != current.get(data_key)
   diffs = [f'{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}'
            for k in sorted(set(saved) | set(current))
-           if k != 'params' and saved.get(k) != current.get(k)]
+           if k not in ('params', data_key) and saved.get(k) != current.get(k)]
   ps, pc = saved.get('params', {}), current.get('params', {})
   # Parameter differences follow from the scalar ones; list them only when
   # they are the whole story (or a few of them otherwise).
@@ -98,11 +115,23 @@ def check_signature(saved: dict[str, Any], current: dict[str, Any],
     if len(param_diffs) > 5:
       shown.append(f'... and {len(param_diffs) - 5} more parameters')
     diffs += shown
+  if other_data and not diffs and allow_other_data:
+    logging.warning('the checkpoint in %s was trained on other data (%s: '
+                    'checkpoint %r, now %r); continuing on the new data as '
+                    'config.resume_other_data asks', where, data_key,
+                    saved.get(data_key), current.get(data_key))
+    return
+  if other_data:
+    diffs.insert(0, f'{data_key} (the dataset\'s content): checkpoint '
+                 f'{saved.get(data_key)!r}, now {current.get(data_key)!r}')
   if diffs:
+    hint = ('' if len(diffs) > 1 or not other_data else
+            ' To continue this run on the new data on purpose, pass '
+            '--config.resume_other_data=True.')
     raise CheckpointMismatchError(
         f'the checkpoint in {where} was written for a different model or '
         'dataset:\n  ' + '\n  '.join(diffs) + '\nUse a fresh --workdir, or '
-        'the config and dataset the checkpoint was trained with.')
+        'the config and dataset the checkpoint was trained with.' + hint)
 
 
 def key_to_json(key: jax.Array) -> list[int]:
@@ -167,25 +196,61 @@ def _manager(directory: pathlib.Path, keep: int,
 
 
 class Checkpointer:
-  """The 'latest' and 'best' managers of one run."""
+  """The 'latest' and 'best' managers of one run.
+
+  Best steps are pruned here, not by Orbax's max_to_keep: a best step is
+  deleted only once a newer best is final *and* every retained latest step
+  is at or after that newer one. Then whichever latest step a resume falls
+  back to, the best step its meta names is still on disk, and a reader
+  (evaluate, recommend) always finds a finished best step.
+  """
 
   def __init__(self, directory: str | pathlib.Path, *, keep_latest: int = 2,
                read_only: bool = False):
     # Orbax wants absolute paths; workdirs are often relative.
     self.directory = pathlib.Path(directory).resolve()
+    self.read_only = read_only
     self.latest = _manager(self.directory / LATEST, keep_latest, read_only)
-    self.best = _manager(self.directory / BEST, 1, read_only)
+    self.best = _manager(self.directory / BEST, None, read_only)
 
   def save_latest(self, epoch: int, params: Any, opt_state: Any,
                   meta: dict[str, Any]) -> None:
     """Starts an async save; arrays are copied to the host before it returns."""
+    self._finish_pending()
+    check_space(self.directory / LATEST, (params, opt_state, meta))
     self.latest.save(epoch, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(meta)))
 
+  def _finish_pending(self) -> None:
+    """Awaits earlier saves (Orbax would before the next one anyway),
+    turns a failed one into a clear error, then prunes best steps."""
+    try:
+      self.latest.wait_until_finished()
+      self.best.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      full = errors.storage_error(e, str(self.directory))
+      if full is not None:
+        raise full from e
+      raise
+    self._prune_best()
+
+  def _prune_best(self) -> None:
+    latest = self.latest.all_steps()
+    if not latest:
+      return
+    oldest_latest = min(latest)
+    steps = sorted(self.best.all_steps())
+    anchor = max((b for b in steps if b <= oldest_latest), default=None)
+    for step in steps:
+      if anchor is not None and step < anchor:
+        self.best.delete(step)
+
   def save_best(self, epoch: int, params: Any, scores: tuple[Any, Any],
                 meta: dict[str, Any]) -> None:
+    self._finish_pending()
+    check_space(self.directory / BEST, (params, scores, meta))
     scores = dict(zip(('user', 'item'), scores))
     # Their shapes, so that a reader can restore them onto its own device.
     meta = dict(meta, scores={
@@ -197,29 +262,58 @@ class Checkpointer:
         meta=ocp.args.JsonSave(meta)))
 
   def restore_latest(self, params: Any, opt_state: Any,
-                     current_signature: dict[str, Any]
+                     current_signature: dict[str, Any], *,
+                     allow_other_data: bool = False
                      ) -> tuple[Any, Any, dict[str, Any]] | None:
-    """(params, opt_state, meta) of the latest step, or None if there is none.
+    """(params, opt_state, meta) of the newest intact latest step, or None.
+
+    A step that cannot be read back (a broken meta JSON, a truncated array
+    file, an empty folder) is moved aside to `<step>.damaged`, with a
+    warning that says why, and the next older step is tried: it is a fault
+    of the disk or of a kill, not of the user's setup. A step written for
+    another model or dataset is not skipped: that is the user's mistake.
 
     Args:
       params: a pytree like the params to restore (arrays or abstract); its
         shardings say where the restored arrays go.
       opt_state: likewise for the optimizer state.
       current_signature: `signature(...)` of the model being trained.
+      allow_other_data: see `check_signature`.
 
     Raises:
       CheckpointMismatchError: the checkpoint belongs to another setup.
     """
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    where = self.directory / LATEST / str(step)
-    meta = read_meta(self.latest, step)
-    check_signature(meta['signature'], current_signature, where)
-    out = self.latest.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_restore_target(params)),
-        opt_state=ocp.args.StandardRestore(_restore_target(opt_state))))
-    return _place(out['params']), _place(out['opt_state']), meta
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      where = self.directory / LATEST / str(step)
+      try:
+        meta = read_meta(self.latest, step)
+        check_signature(meta['signature'], current_signature, where,
+                        allow_other_data=allow_other_data)
+        out = self.latest.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(_restore_target(params)),
+            opt_state=ocp.args.StandardRestore(_restore_target(opt_state))))
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax, tensorstore and json raise many types for a damaged step.
+        self._set_aside(where, e)
+        continue
+      return _place(out['params']), _place(out['opt_state']), meta
+    return None
+
+  def _set_aside(self, where: pathlib.Path, error: Exception) -> None:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else (
+        type(error).__name__)
+    aside = where.with_name(f'{where.name}.damaged')
+    n = 1
+    while aside.exists():
+      n += 1
+      aside = where.with_name(f'{where.name}.damaged{n}')
+    where.rename(aside)  # Orbax lists only integer-named steps.
+    self.latest.reload()
+    logging.warning('skipped checkpoint %s: it cannot be read back (%s: %s); '
+                    'moved it to %s and trying the previous one', where,
+                    type(error).__name__, reason[:300], aside.name)
 
   def drop_best_after(self, epoch: int) -> None:
     """Deletes best steps newer than `epoch` (a resume replays them)."""
@@ -228,15 +322,59 @@ class Checkpointer:
         self.best.delete(step)
 
   def close(self) -> None:
-    """Waits for in-flight saves, then releases the managers."""
-    for manager in (self.latest, self.best):
-      manager.wait_until_finished()
-      manager.close()
+    """Waits for in-flight saves, prunes best steps, releases the managers."""
+    try:
+      if not self.read_only:
+        self._finish_pending()
+    finally:
+      for manager in (self.latest, self.best):
+        manager.close()
+
+
+# Room kept free beside a checkpoint's own bytes.
+_SPACE_MARGIN = 1 << 20
+
+
+def check_space(directory: pathlib.Path, tree: Any) -> None:
+  """Refuses a save that cannot fit, before Orbax starts writing.
+
+  A save that fails half-way fails in Orbax's background threads, which
+  print hundreds of lines of tracebacks; checking the free space (and the
+  process's file-size limit, `ulimit -f`) against the raw size of the
+  arrays first gives one clear error instead. Orbax leaves nothing behind
+  that blocks the next run (its temporary folders are removed on reopen).
+
+  Raises:
+    StorageError: naming the folder, the bytes needed and those available.
+  """
+  leaves = jax.tree.leaves(tree)
+  need = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+             for x in leaves if hasattr(x, 'dtype')) + _SPACE_MARGIN
+  existing = directory if directory.exists() else directory.parent
+  free = shutil.disk_usage(existing).free
+  limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+  if limit != resource.RLIM_INFINITY and limit < need:
+    raise errors.StorageError(
+        errno.EFBIG, f'no space left writing {directory}: a checkpoint needs '
+        f'about {need / 2**20:.1f} MiB, but this process may write files '
+        f'of at most {limit / 2**20:.1f} MiB (ulimit -f). Raise the limit '
+        'and run the same command again: training resumes from the last '
+        'complete checkpoint.')
+  if free < need:
+    raise errors.StorageError(
+        errno.ENOSPC, f'no space left writing {directory}: a checkpoint '
+        f'needs about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are '
+        'free. Free some space and run the same command again: training '
+        'resumes from the last complete checkpoint.')
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   meta = manager.restore(step, args=ocp.args.Composite(
       meta=ocp.args.JsonRestore()))['meta']
+  if not isinstance(meta, dict) or 'signature' not in meta:
+    raise DamagedCheckpointError(
+        f'step {step} in {manager.directory}: its meta is not a checkpoint '
+        'meta record')
   if meta.get('format') != FORMAT_VERSION:
     raise CheckpointMismatchError(
         f'step {step} in {manager.directory} has checkpoint format '
@@ -251,7 +389,7 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
   `<workdir>/checkpoints/latest`) its newest step.
 
   Raises:
-    FileNotFoundError: nothing restorable there.
+    CheckpointError: nothing restorable there.
   """
   path = pathlib.Path(path).resolve()
   if (path / 'checkpoints' / BEST).is_dir():
@@ -263,7 +401,7 @@ def resolve(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
   steps = sorted(int(p.name) for p in path.glob('*')
                  if p.name.isdigit() and (p / 'meta').is_dir())
   if not steps:
-    raise FileNotFoundError(
+    raise errors.CheckpointError(
         f'no checkpoint in {path}: expected a training --workdir, '
         f'<workdir>/checkpoints/{BEST} or one of its step directories')
   return path, steps[-1]

@@ -6,10 +6,16 @@ says how to build it:
 * `synth:<preset>`: a seeded synthetic dataset (`data_prep.synthetic`);
 * a folder path: an MMRec-format dataset folder (`data_prep.convert`);
 * empty: nothing is built and the error says how to get the data.
+
+Relative paths in `data_npz` and a folder `data_source` are resolved against
+the environment variable `MENTOR_DATA_ROOT` when it is set, else against the
+current directory (`data/small.npz` is then `./data/small.npz`, as run from
+the repository root). `resolve_data_path` is that rule's one home.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import tempfile
 
@@ -29,6 +35,18 @@ DOWNLOAD_HINT = (
     'or pass --config.data_source=DATA/<name> to build it on first use.')
 
 
+# Relative data paths are resolved against this folder when it is set.
+DATA_ROOT_ENV = 'MENTOR_DATA_ROOT'
+
+
+def resolve_data_path(path: str | os.PathLike[str]) -> pathlib.Path:
+  """`path` made absolute: against $MENTOR_DATA_ROOT if set, else the cwd."""
+  path = pathlib.Path(path).expanduser()
+  if not path.is_absolute():
+    path = pathlib.Path(os.environ.get(DATA_ROOT_ENV) or '.') / path
+  return path.absolute()
+
+
 def load_for_config(config: ml_collections.ConfigDict) -> data_lib.Dataset:
   """Loads `config.data_npz`, building it from `config.data_source` if absent.
 
@@ -36,7 +54,7 @@ def load_for_config(config: ml_collections.ConfigDict) -> data_lib.Dataset:
     FileNotFoundError: the file is missing and cannot be built; the message
       says how to get the data.
   """
-  npz = pathlib.Path(config.data_npz)
+  npz = resolve_data_path(config.data_npz)
   if not npz.exists():
     source = str(config.data_source)
     if source.startswith('synth:'):
@@ -50,6 +68,7 @@ def load_for_config(config: ml_collections.ConfigDict) -> data_lib.Dataset:
         npz.parent.mkdir(parents=True, exist_ok=True)
         convert_lib.convert(folder, npz, name=preset)
     elif source:
+      source = str(resolve_data_path(source))
       if not pathlib.Path(source).is_dir():
         raise FileNotFoundError(
             f'config.data_source={source!r} is not a folder; expected an '

@@ -184,6 +184,7 @@ class Runner:
     def call(state, rest, data):
       with jax.set_mesh(self.mesh):
         return compiled(state, rest, data)
+    call.memory_analysis = compiled.memory_analysis  # For the start-up block.
     return call
 
   def _sharded_epoch(self, train_epoch: Callable[..., Any]):

@@ -21,17 +21,22 @@ import dataclasses
 import json
 import pathlib
 import sys
+import time
 from typing import Any, Sequence
 
 from flax import nnx
 import jax
 import ml_collections
 
+from data_prep.format import DataError
 from mentor_jax import checkpointing
 from mentor_jax import data as data_lib
+from mentor_jax import datasets
+from mentor_jax import errors
 from mentor_jax import metrics as metrics_lib
 from mentor_jax import registry
 from mentor_jax import train
+from mentor_jax import workdir as workdir_lib
 
 KS = (5, 10, 20, 50)
 
@@ -57,29 +62,57 @@ class Restored:
 def _find_npz(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> str:
   # The config's path is relative to where training ran; the absolute path
   # recorded at save time also works from another directory.
+  # (datasets.resolve_data_path: $MENTOR_DATA_ROOT, else the cwd.)
   for candidate in (config.data_npz, meta.get('data_npz', '')):
-    if candidate and pathlib.Path(candidate).exists():
-      return str(candidate)
-  raise FileNotFoundError(
+    if candidate and datasets.resolve_data_path(candidate).exists():
+      return str(datasets.resolve_data_path(candidate))
+  raise DataError(
       f'the dataset of this checkpoint ({config.data_npz}, recorded as '
       f'{meta.get("data_npz")}) was not found; pass --data-npz PATH')
+
+
+# A trainer may replace the best step while it is read (it deletes the old
+# one once the new one is final); reading again takes the new one.
+_READ_ATTEMPTS = 5
 
 
 def load(path: str | pathlib.Path, *, data_npz: str | None = None,
          with_scores: bool = True) -> Restored:
   """Restores params (and the ranked embeddings) of a checkpoint step.
 
+  Safe while training runs in the same workdir: if the step read is
+  replaced under it, it reads the newest one again.
+
   Args:
     path: a training workdir (its best checkpoint), a checkpoint manager
       directory (its newest step) or a step directory.
-    data_npz: the dataset .npz; defaults to the one training used.
+    data_npz: the dataset .npz; defaults to the one training used. A
+      dataset named here may differ in content from training's (same
+      shapes), which is then only a warning.
     with_scores: also restore the stored embeddings, if the step has them.
 
   Raises:
-    FileNotFoundError: no checkpoint or no dataset.
-    CheckpointMismatchError: the dataset does not fit the checkpoint.
+    CheckpointError: no checkpoint, or one that does not fit the dataset.
+    DataError: no dataset.
   """
-  directory, step = checkpointing.resolve(path)
+  for attempt in range(_READ_ATTEMPTS):
+    directory, step = checkpointing.resolve(path)
+    try:
+      return _load_step(directory, step, data_npz, with_scores)
+    except (errors.UserError, DataError):
+      raise
+    except Exception:  # pylint: disable=broad-except
+      # Orbax lists every step of the folder, and the trainer may delete an
+      # old one (or the one read) meanwhile: read again. A fault that is
+      # still there after a few attempts is real.
+      if attempt + 1 == _READ_ATTEMPTS:
+        raise
+      time.sleep(0.2 * (attempt + 1))
+  raise AssertionError('unreachable')
+
+
+def _load_step(directory: pathlib.Path, step: int, data_npz: str | None,
+               with_scores: bool) -> Restored:
   manager = checkpointing.read_only_manager(directory)
   meta = checkpointing.read_meta(manager, step)
   config = ml_collections.ConfigDict(meta['config'])
@@ -91,7 +124,8 @@ def load(path: str | pathlib.Path, *, data_npz: str | None = None,
   where = directory / str(step)
   checkpointing.check_signature(
       meta['signature'],
-      checkpointing.signature(config.model, dataset, params), where)
+      checkpointing.signature(config.model, dataset, params), where,
+      allow_other_data=data_npz is not None)
   # Explicit single-device targets: the writer's shardings may name devices
   # this machine does not have.
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -122,12 +156,13 @@ def embeddings(restored: Restored, mode: str = 'auto'
             else 'recompute')
   if mode == 'saved':
     if restored.scores is None:
-      raise ValueError(f'{restored.path} stores no embeddings (only best '
-                       'checkpoints do); use --embeddings recompute')
+      raise errors.CheckpointError(
+          f'{restored.path} stores no embeddings (only best checkpoints '
+          'do); use --embeddings recompute')
     return restored.scores, mode
   if mode != 'recompute':
-    raise ValueError(f'embeddings mode {mode!r}: expected auto, saved or '
-                     'recompute')
+    raise errors.ConfigError(f'embeddings mode {mode!r}: expected auto, '
+                             'saved or recompute')
   config, dataset = restored.config, restored.dataset
   family = registry.get(config.model)
   # The same static settings as training, hence the same compiled scorer.
@@ -168,6 +203,10 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--data-npz', help='dataset .npz (default: training\'s)')
   parser.add_argument('--embeddings', default='auto',
                       choices=('auto', 'saved', 'recompute'))
+  parser.add_argument('--overwrite', action='store_true',
+                      help='replace an existing output file')
+  parser.add_argument('--debug', action='store_true',
+                      help='show the traceback of an error')
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,18 +214,25 @@ def main(argv: Sequence[str] | None = None) -> int:
   add_checkpoint_args(parser)
   parser.add_argument('--json-out', help='also write the metrics as JSON')
   args = parser.parse_args(argv)
-  restored = load(args.workdir or args.checkpoint, data_npz=args.data_npz,
-                  with_scores=args.embeddings != 'recompute')
-  result = evaluate(restored, args.embeddings)
-  print(f'{result["checkpoint"]} (epoch {result["epoch"]}, '
-        f'{result["embeddings"]} embeddings)')
-  print(format_table(result))
-  text = json.dumps(result, indent=2)
-  if args.json_out:
-    pathlib.Path(args.json_out).write_text(text + '\n')
-  else:
-    print(text)
-  return 0
+
+  def run() -> int:
+    if args.json_out:
+      workdir_lib.check_output(args.json_out, overwrite=args.overwrite)
+    restored = load(args.workdir or args.checkpoint, data_npz=args.data_npz,
+                    with_scores=args.embeddings != 'recompute')
+    result = evaluate(restored, args.embeddings)
+    print(f'{result["checkpoint"]} (epoch {result["epoch"]}, '
+          f'{result["embeddings"]} embeddings)')
+    print(format_table(result))
+    text = json.dumps(result, indent=2)
+    if args.json_out:
+      workdir_lib.write_output(args.json_out, text + '\n',
+                               overwrite=args.overwrite)
+    else:
+      print(text)
+    return 0
+
+  return errors.run_cli(run, debug=args.debug)
 
 
 if __name__ == '__main__':

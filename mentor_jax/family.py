@@ -8,10 +8,11 @@ these functions. `registry.get(config.model)` returns one.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 
+from mentor_jax import config_spec as spec_lib
 from mentor_jax import data as data_lib
 
 
@@ -63,6 +64,9 @@ class ModelFamily:
       the current parameters (no randomness).
     epoch_setup: (data, epoch_key, hp) -> data, run once per epoch inside the
       compiled epoch (e.g. FREEDOM's degree-sensitive edge pruning).
+    config_spec: the config keys this model reads, each with its allowed
+      values (`config_spec.Spec`); with the trainer's keys these are all a
+      config may hold (`config_spec.validate`).
   """
 
   name: str
@@ -71,3 +75,34 @@ class ModelFamily:
   loss: Callable[..., LossOutput]
   score: Callable[..., tuple[jax.Array, jax.Array]]
   epoch_setup: Callable[..., data_lib.DeviceData] = identity_epoch_setup
+  # Not part of the jit cache key (a dict is unhashable; the functions
+  # above already identify the family).
+  config_spec: Mapping[str, spec_lib.Spec] = dataclasses.field(
+      default_factory=dict, compare=False, hash=False)
+
+
+# TrainHparams fields that are not config keys of the same name, or that the
+# trainer declares itself.
+_TRAINER_FIELDS = ('batch_size', 'max_row_len', 'learning_rate',
+                   'spmm_kernel')
+
+
+def spec_from_hparams(hparams_cls: type, **explicit: spec_lib.Spec
+                      ) -> dict[str, spec_lib.Spec]:
+  """A family's config spec: every Hparams field typed by its default.
+
+  A float field takes finite numbers, an int field integers, a str field
+  strings; `explicit` specs (ranges, choices, keys read outside the Hparams
+  such as `embedding_size`) take precedence.
+  """
+  by_type = {bool: spec_lib.boolean(), int: spec_lib.integer(),
+             float: spec_lib.number(), str: spec_lib.text()}
+  out = {}
+  for field in dataclasses.fields(hparams_cls):
+    if field.name in _TRAINER_FIELDS:
+      continue
+    default = field.default
+    if type(default) in by_type:
+      out[field.name] = by_type[type(default)]
+  out.update(explicit)
+  return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import pathlib
+import sys
 from typing import Any, Callable
 
 from absl import app
@@ -25,7 +26,9 @@ from absl import logging
 import ml_collections
 
 # Importing train defines the --config and --workdir flags this CLI shares.
+from mentor_jax import errors
 from mentor_jax import train
+from mentor_jax import workdir as workdir_lib
 
 REPORT_KEYS = ('recall@10', 'recall@20', 'ndcg@10', 'ndcg@20')
 
@@ -51,11 +54,16 @@ def parse_grid(specs: list[str], config: ml_collections.ConfigDict
     key, sep, values = spec.partition('=')
     key = key.strip()
     if not sep or not values:
-      raise ValueError(f'--grid {spec!r}: expected key=v1,v2,...')
+      raise errors.ConfigError(f'--grid {spec!r}: expected key=v1,v2,...')
     if key not in config:
-      raise ValueError(f'--grid {spec!r}: config has no key {key!r}')
-    grid[key] = [_parse_value(v.strip(), config[key])
-                 for v in values.split(',')]
+      raise errors.ConfigError(f'--grid {spec!r}: config has no key {key!r}')
+    try:
+      grid[key] = [_parse_value(v.strip(), config[key])
+                   for v in values.split(',')]
+    except ValueError as e:
+      raise errors.ConfigError(
+          f'--grid {spec!r}: a value is not a {type(config[key]).__name__}, '
+          f'as config.{key} is ({e})') from None
   return grid
 
 
@@ -99,11 +107,20 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   workdir.mkdir(parents=True, exist_ok=True)
   grid = config_grid(config) if grid is None else grid
   metric = config.valid_metric
-  rows = []
+  # Every cell is checked before the first one trains: a bad value in the
+  # last cell must not cost the time of all the others.
+  configs = []
   for cell in cells(grid):
     cell_config = ml_collections.ConfigDict(config.to_dict())
     for key, value in cell.items():
       cell_config[key] = value
+    train.check_config(cell_config)
+    configs.append((cell, cell_config))
+  if not configs:
+    raise errors.ConfigError('the grid has no cells: give --grid key=v1,v2 '
+                             'or set config.grid')
+  rows = []
+  for cell, cell_config in configs:
     name = cell_name(cell)
     logging.info('grid cell %s', name)
     result = train_fn(cell_config, workdir / name)
@@ -116,10 +133,10 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   summary = {'grid': grid, 'valid_metric': metric, 'cells': rows,
              'selected_by_valid': rows[by_valid]['name'],
              'selected_by_test': rows[by_test]['name']}
-  (workdir / 'grid_summary.json').write_text(
-      json.dumps(summary, indent=2, default=str))
-  (workdir / 'grid_summary.md').write_text(
-      format_markdown(summary, by_valid, by_test))
+  workdir_lib.write_text_atomic(workdir / 'grid_summary.json',
+                                json.dumps(summary, indent=2, default=str))
+  workdir_lib.write_text_atomic(workdir / 'grid_summary.md',
+                                format_markdown(summary, by_valid, by_test))
   return summary
 
 
@@ -154,13 +171,17 @@ flags.DEFINE_multi_string('grid', [], 'key=v1,v2,... (repeatable); default: '
 def main(argv):
   del argv
   config = FLAGS.config
-  grid = parse_grid(FLAGS.grid, config) if FLAGS.grid else None
-  summary = run_grid(config, FLAGS.workdir or f'runs/grid_{config.dataset}',
-                     grid)
-  print(format_markdown(
-      summary,
-      [c['name'] for c in summary['cells']].index(summary['selected_by_valid']),
-      [c['name'] for c in summary['cells']].index(summary['selected_by_test'])))
+
+  def run() -> int:
+    grid = parse_grid(FLAGS.grid, config) if FLAGS.grid else None
+    summary = run_grid(config,
+                       FLAGS.workdir or f'runs/grid_{config.dataset}', grid)
+    names = [c['name'] for c in summary['cells']]
+    print(format_markdown(summary, names.index(summary['selected_by_valid']),
+                          names.index(summary['selected_by_test'])))
+    return 0
+
+  sys.exit(errors.run_cli(run, debug=FLAGS.debug))
 
 
 if __name__ == '__main__':

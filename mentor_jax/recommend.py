@@ -25,7 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mentor_jax import errors
 from mentor_jax import evaluate as evaluate_lib
+from mentor_jax import workdir as workdir_lib
 
 
 @functools.partial(jax.jit, static_argnames=('k',))
@@ -106,25 +108,34 @@ def top_items(user_emb: jax.Array, item_emb: jax.Array,
   return items, scores
 
 
+def check_out_path(path: str | None, overwrite: bool = False) -> None:
+  """Refuses a --out that `write` cannot or must not write."""
+  if path is None:
+    return
+  if not path.endswith(('.json', '.tsv')):
+    raise errors.ConfigError(
+        f'--out {path}: expected a .tsv or .json file name')
+  workdir_lib.check_output(path, overwrite=overwrite)
+
+
 def write(path: str | None, users: np.ndarray, items: np.ndarray,
-          scores: np.ndarray) -> None:
-  """TSV (stdout or *.tsv) or JSON (*.json)."""
+          scores: np.ndarray, overwrite: bool = False) -> None:
+  """TSV (stdout or *.tsv) or JSON (*.json), written atomically."""
+  check_out_path(path, overwrite)
   records = [(int(u), [int(i) for i in its if i >= 0],
               [float(s) for i, s in zip(its, ss) if i >= 0])
              for u, its, ss in zip(users, items, scores)]
   if path and path.endswith('.json'):
-    pathlib.Path(path).write_text(json.dumps(
+    workdir_lib.write_output(path, json.dumps(
         [{'user': u, 'items': i, 'scores': s} for u, i, s in records],
-        indent=1) + '\n')
+        indent=1) + '\n', overwrite=overwrite)
     return
-  if path and not path.endswith('.tsv'):
-    raise ValueError(f'--out {path}: expected a .tsv or .json file name')
   lines = ['user\trank\titem\tscore']
   lines += [f'{u}\t{r + 1}\t{i}\t{s!r}' for u, its, ss in records
             for r, (i, s) in enumerate(zip(its, ss))]
   text = '\n'.join(lines) + '\n'
   if path:
-    pathlib.Path(path).write_text(text)
+    workdir_lib.write_output(path, text, overwrite=overwrite)
   else:
     sys.stdout.write(text)
 
@@ -139,22 +150,29 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--out', help='recs.tsv or recs.json (default: TSV on '
                       'stdout)')
   args = parser.parse_args(argv)
-  restored = evaluate_lib.load(args.workdir or args.checkpoint,
-                               data_npz=args.data_npz,
-                               with_scores=args.embeddings != 'recompute')
-  spec = (args.users if args.users is not None
-          else pathlib.Path(args.users_file).read_text())
-  try:
-    users = parse_users(spec, restored.dataset.n_users)
-  except ValueError as e:
-    parser.error(str(e))
-  (user_emb, item_emb), _ = evaluate_lib.embeddings(restored,
-                                                    args.embeddings)
-  items, scores = top_items(user_emb, item_emb,
-                            *restored.dataset.split('train'), users, args.k,
-                            int(restored.config.eval_batch_size))
-  write(args.out, users, items, scores)
-  return 0
+  if args.k < 1:
+    parser.error(f'--k {args.k}: expected an integer >= 1')
+
+  def run() -> int:
+    check_out_path(args.out, args.overwrite)
+    restored = evaluate_lib.load(args.workdir or args.checkpoint,
+                                 data_npz=args.data_npz,
+                                 with_scores=args.embeddings != 'recompute')
+    spec = (args.users if args.users is not None
+            else pathlib.Path(args.users_file).read_text())
+    try:
+      users = parse_users(spec, restored.dataset.n_users)
+    except ValueError as e:
+      parser.error(str(e))
+    (user_emb, item_emb), _ = evaluate_lib.embeddings(restored,
+                                                      args.embeddings)
+    items, scores = top_items(user_emb, item_emb,
+                              *restored.dataset.split('train'), users, args.k,
+                              int(restored.config.eval_batch_size))
+    write(args.out, users, items, scores, args.overwrite)
+    return 0
+
+  return errors.run_cli(run, debug=args.debug)
 
 
 if __name__ == '__main__':

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from mentor_jax import errors
 from mentor_jax import family
+from mentor_jax.models import bm3
 from mentor_jax.models import freedom
+from mentor_jax.models import lattice
+from mentor_jax.models import lgmrec
 from mentor_jax.models import lightgcn
 from mentor_jax.models import mfbpr
+from mentor_jax.models import mmgcn
+from mentor_jax.models import vbpr
 from mentor_jax.models.mentor import objective as mentor
 
 FAMILIES: tuple[family.ModelFamily, ...] = (
@@ -13,6 +19,11 @@ FAMILIES: tuple[family.ModelFamily, ...] = (
     mfbpr.MFBPR_FAMILY,
     lightgcn.LIGHTGCN_FAMILY,
     freedom.FREEDOM_FAMILY,
+    vbpr.VBPR_FAMILY,
+    bm3.BM3_FAMILY,
+    lgmrec.LGMREC_FAMILY,
+    mmgcn.MMGCN_FAMILY,
+    lattice.LATTICE_FAMILY,
 )
 
 
@@ -25,5 +36,5 @@ def get(name: str) -> family.ModelFamily:
   for f in FAMILIES:
     if f.name == name:
       return f
-  raise ValueError(f'config.model={name!r}: unknown model; expected one of '
-                   f'{names()}')
+  raise errors.ConfigError(f'config.model={name!r}: unknown model; expected '
+                           f'one of {names()}')

@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import functools
 import json
-import os
 import pathlib
 import signal
 import sys
@@ -36,13 +35,20 @@ from flax import nnx
 from ml_collections import config_flags
 
 from mentor_jax import checkpointing
+from mentor_jax import console
+from mentor_jax import config_spec
 from mentor_jax import data as data_lib
 from mentor_jax import datasets
 from mentor_jax import distributed
+from mentor_jax import events
+from mentor_jax import errors
 from mentor_jax import family as family_lib
 from mentor_jax import mesh as mesh_lib
 from mentor_jax import metrics as metrics_lib
+from mentor_jax import progress as progress_lib
 from mentor_jax import registry
+from mentor_jax import report
+from mentor_jax import workdir as workdir_lib
 from mentor_jax.ops import sparse
 
 
@@ -71,12 +77,16 @@ def init_state(model: nnx.Module, hp: family_lib.TrainHparams,
   return graphdef, rest, state
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'family', 'hp'),
+@functools.partial(jax.jit,
+                   static_argnames=('graphdef', 'family', 'hp', 'progress'),
                    donate_argnames=('state',))
 def train_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
                 graphdef: nnx.GraphDef, family: family_lib.ModelFamily,
-                hp: family_lib.TrainHparams):
+                hp: family_lib.TrainHparams, progress: bool = True):
   """One epoch of training as a single compiled program.
+
+  With `progress`, every step tells the host it is done (`progress.py`);
+  that callback reads only the step index, so results are the same bits.
 
   Returns:
     (new state, per-step loss parts {name: [n_steps]}, (user, item)
@@ -103,6 +113,8 @@ def train_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
         loss_fn, has_aux=True)(params, batch, step_key)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
+    if progress:
+      progress_lib.report_step(index)
     return (params, opt_state, scores), parts
 
   n_steps = batches.users.shape[0]
@@ -161,7 +173,11 @@ class EarlyStopping:
 
 
 class MetricWriter:
-  """Appends one JSON object per line to `<workdir>/metrics.jsonl`."""
+  """Appends one JSON object per line to `<workdir>/metrics.jsonl`.
+
+  Read back tolerantly (`workdir.read_jsonl`): a line cut short by a crash
+  or a full disk is skipped, and dropped by the next resume.
+  """
 
   def __init__(self, workdir: pathlib.Path):
     self._path = workdir / 'metrics.jsonl'
@@ -169,18 +185,15 @@ class MetricWriter:
   def write(self, record: dict[str, Any]) -> None:
     if not distributed.is_chief():  # Multi-host: process 0 logs.
       return
-    with self._path.open('a') as f:
-      f.write(json.dumps(record) + '\n')
+    workdir_lib.append_line(self._path, json.dumps(record))
 
   def truncate_after(self, epoch: int) -> None:
     """Drops records of epochs after `epoch` (a resume replays them)."""
-    if not distributed.is_chief() or not self._path.exists():
+    if not distributed.is_chief():
       return
-    keep = [line for line in self._path.read_text().splitlines(True)
-            if line.strip() and json.loads(line)['epoch'] <= epoch]
-    tmp = self._path.with_suffix('.jsonl.tmp')
-    tmp.write_text(''.join(keep))
-    os.replace(tmp, self._path)  # Atomic: a crash keeps one of the two.
+    workdir_lib.truncate_jsonl(
+        self._path, lambda r: isinstance(r.get('epoch'), int)
+        and r['epoch'] <= epoch)
 
 
 def release_freed_host_memory() -> bool:
@@ -242,9 +255,56 @@ def setup(config: ml_collections.ConfigDict,
   return Setup(family, hp, data, graphdef, rest, state)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Validates every key of `config` for its model (`config_spec`).
+
+  Raises:
+    ConfigError: naming the key, the value found and what is allowed.
+  """
+  family = registry.get(config.model)
+  config_spec.validate(config, family.config_spec, family.name)
+
+
+def log_ks(topk) -> tuple[int, ...]:
+  """The cut-offs shown in log lines: 10 and 20 when computed, else the
+  first two of `topk` (every metric is in metrics.jsonl regardless)."""
+  topk = tuple(topk)
+  shown = tuple(k for k in (10, 20) if k in topk)
+  return shown if len(shown) == 2 else topk[:2]
+
+
 def format_metrics(m: dict[str, float], ks=(10, 20)) -> str:
   return ' '.join(f'R@{k}={m[f"recall@{k}"]:.4f} N@{k}={m[f"ndcg@{k}"]:.4f}'
                   for k in ks)
+
+
+def non_finite_error(parts: dict[str, np.ndarray], epoch: int,
+                     first_step: int) -> errors.TrainingDivergedError | None:
+  """The error for the first step whose loss parts are not all finite.
+
+  Args:
+    parts: {name: [n_steps]} per-step loss parts of one epoch.
+    epoch: the epoch (0-based).
+    first_step: the global step count before the epoch.
+
+  Returns:
+    None when every value is finite.
+  """
+  names = sorted(parts)
+  finite = np.stack([np.isfinite(np.asarray(parts[k])).reshape(-1)
+                     for k in names])
+  if finite.all():
+    return None
+  step = int(np.argmax(~finite.all(axis=0)))
+  bad = [k for k, ok in zip(names, finite[:, step]) if not ok]
+  return errors.TrainingDivergedError(
+      f'epoch {epoch}, step {first_step + step + 1} (step {step + 1} of the '
+      f'epoch): loss part {bad[0]!r} became NaN or inf'
+      + (f' (with {", ".join(map(repr, bad[1:]))})' if len(bad) > 1 else '')
+      + '; training stopped, as the official trainer does. Check the '
+      'learning rate and the loss weights (too large?), and the features '
+      'and the .npz (python -m data_prep checks them when converting). The '
+      'last checkpoint before this epoch is kept.')
 
 
 def checkpoint_meta(config: ml_collections.ConfigDict, signature: dict,
@@ -259,7 +319,8 @@ def checkpoint_meta(config: ml_collections.ConfigDict, signature: dict,
       'best': best, 'stopped': stopped,
       'eval_embeddings': config.eval_embeddings,
       'config': checkpointing.config_to_json(config),
-      'data_npz': str(pathlib.Path(config.data_npz).resolve()),
+      'data_npz': str(
+          datasets.resolve_data_path(config.data_npz).resolve()),
       'signature': signature,
   }
 
@@ -275,18 +336,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpoints in `<workdir>/checkpoints/latest`, training resumes after the
     newest one and ends exactly as an uninterrupted run would.
   """
+  # Every key checked before anything is loaded, compiled or written.
+  check_config(config)
   # Scale-out (distributed.py): multi-host start-up and the device mesh,
   # before any computation. Only process 0 writes files.
   runner = distributed.Runner.from_config(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  if distributed.is_chief():
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  with contextlib.ExitStack() as stack:
+    if distributed.is_chief():
+      # One trainer per workdir: a second one is refused, naming the first.
+      stack.enter_context(workdir_lib.Lock(workdir))
+    return _train_locked(config, workdir, runner)
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                  runner: distributed.Runner) -> dict[str, Any]:
+  """`train_and_evaluate` once the config is valid and the workdir ours."""
   dataset = datasets.load_for_config(config)
-  if config.valid_metric not in {f'{m}@{k}' for m in ('recall', 'ndcg')
-                                 for k in config.topk}:
-    raise ValueError(f'config.valid_metric={config.valid_metric!r}: expected '
-                     f'recall@K or ndcg@K with K in {tuple(config.topk)}')
   family, hp, data, graphdef, rest, state = setup(config, dataset)
   # Scale-out: global arrays on the mesh, the epoch and the evaluation with
   # explicit shardings; all identities on one device in one process.
@@ -296,9 +363,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer = MetricWriter(workdir)
   stopper = EarlyStopping(config.stopping_step)
   n_steps = data_lib.steps_per_epoch(dataset.n_train, hp.batch_size)
-  logging.info('%s: %d users, %d items, %d training rows, %d steps/epoch, '
-               'kernel=%s', dataset.path, dataset.n_users, dataset.n_items,
-               dataset.n_train, n_steps, hp.spmm_kernel)
 
   best = {'best_epoch': -1, 'valid': {}, 'test': {}}
   last_epoch, stopped = -1, False
@@ -307,10 +371,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   sig = checkpointing.signature(config.model, dataset, state.params)
   ckpt = checkpointing.Checkpointer(workdir / 'checkpoints')
   try:
-    restored = ckpt.restore_latest(state.params, state.opt_state, sig)
+    restored = ckpt.restore_latest(
+        state.params, state.opt_state, sig,
+        allow_other_data=config.get('resume_other_data', False))
   except BaseException:
     ckpt.close()  # Release Orbax's threads before reporting the mismatch.
     raise
+  # Only now that a resume (if any) is accepted: a refused one must not
+  # have replaced the run's record of its settings.
+  if distributed.is_chief():
+    workdir_lib.write_text_atomic(workdir / 'config.json',
+                                  config.to_json_best_effort(indent=2))
   if restored is not None:
     params, opt_state, meta = restored
     step = np.asarray(meta['step'], state.step.dtype)
@@ -331,33 +402,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer.truncate_after(last_epoch)
   # A run that stopped early stays stopped; others continue to config.epochs.
   final_epoch = last_epoch if stopped else config.epochs - 1
+  compile_s = memory = None
   if last_epoch < final_epoch:
     # Compiled ahead of the first epoch so that the compiler's freed heap can
     # go back to the OS before the program allocates its buffers.
-    run_epoch = runner.compile_epoch(train_epoch, state, rest, data,
-                                     graphdef=graphdef, family=family, hp=hp)
+    t0 = time.perf_counter()
+    with console.transient('compiling the training epoch ...'):
+      run_epoch = runner.compile_epoch(train_epoch, state, rest, data,
+                                       graphdef=graphdef, family=family,
+                                       hp=hp)
+    compile_s = time.perf_counter() - t0
+    memory = console.peak_memory_bytes(run_epoch)
     release_freed_host_memory()
+  chief = distributed.is_chief()
+  if chief:
+    logging.info('%s', console.startup_block(
+        devices=list(runner.mesh.devices.flat), dataset=dataset,
+        n_params=sum(x.size for x in jax.tree.leaves(state.params)),
+        n_steps=n_steps, batch_size=hp.batch_size, kernel=hp.spmm_kernel,
+        model=config.model, workdir=workdir,
+        epochs=(last_epoch + 1, final_epoch), memory=memory,
+        compile_s=compile_s))
+  # The bar inside each epoch (progress.py) and the TensorBoard events, a
+  # view of metrics.jsonl replayed at each start (events.py): process 0.
+  bar = progress_lib.EpochProgress(n_steps, final_epoch, enabled=chief,
+                                   log=lambda line: logging.info('%s', line))
+  board = (events.TensorBoardWriter(workdir, report.read_metrics(workdir))
+           if chief else events.NullWriter())
   epoch_times = []
+  ks = log_ks(config.topk)
   # SIGINT/SIGTERM stop the loop between epochs; closing the checkpointer
   # awaits in-flight saves, also when an exception ends training.
-  with checkpointing.StopSignals() as signals, contextlib.closing(ckpt):
+  with checkpointing.StopSignals() as signals, contextlib.closing(ckpt), \
+      contextlib.closing(board), bar:
     for epoch in range(last_epoch + 1, final_epoch + 1):
       t0 = time.perf_counter()
+      bar.start(epoch)
       state, parts, scores = run_epoch(state, rest, data)
       parts = jax.device_get(parts)
       train_time = time.perf_counter() - t0
       losses = {k: float(np.mean(v)) for k, v in parts.items()}
-      if not all(np.all(np.isfinite(v)) for v in parts.values()):
-        bad = next(k for k, v in parts.items() if not np.all(np.isfinite(v)))
-        raise FloatingPointError(
-            f'epoch {epoch}: loss part {bad!r} became NaN or inf; training '
-            'stopped (the official trainer stops on a NaN loss as well).')
+      diverged = non_finite_error(parts, epoch, int(state.step) - n_steps)
+      if diverged is not None:
+        raise diverged
       if config.eval_embeddings == 'recompute':
         scores = run_scores(state.params, rest, data, graphdef=graphdef,
                             family=family, hp=hp)
       t1 = time.perf_counter()
       result = evaluator(*scores)
       eval_time = time.perf_counter() - t1
+      bar.finish(train_time + eval_time)
       epoch_times.append(train_time)
       # MMRec rounds metrics to 4 decimals before comparing them.
       value = round(result['valid'][config.valid_metric], 4)
@@ -372,18 +466,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         ckpt.save_best(epoch, state.params, scores, meta)
       steps_per_s = n_steps / train_time
       eta = np.median(epoch_times) * (config.epochs - epoch - 1)
-      writer.write({'epoch': epoch, 'step': int(state.step), 'loss': losses,
-                    'train_time_s': train_time, 'eval_time_s': eval_time,
-                    'valid': result['valid'], 'test': result['test'],
-                    'best_epoch': best['best_epoch']})
+      record = {'epoch': epoch, 'step': int(state.step), 'loss': losses,
+                'train_time_s': train_time, 'eval_time_s': eval_time,
+                'valid': result['valid'], 'test': result['test'],
+                'best_epoch': best['best_epoch']}
+      writer.write(record)
+      board.write(record)
       if epoch % config.log_every_epochs == 0 or improved or stop:
-        logging.info(
-            'epoch %d  loss %.4f (%s)  %.2fs (%.1f steps/s, eval %.2fs, '
-            'ETA <= %.0fs)  valid %s  test %s%s', epoch,
-            sum(losses.values()),
-            ' '.join(f'{k}={v:.4g}' for k, v in losses.items()), train_time,
-            steps_per_s, eval_time, eta, format_metrics(result['valid']),
-            format_metrics(result['test']), '  *' if improved else '')
+        logging.info('%s', console.epoch_line(
+            epoch=epoch, final_epoch=final_epoch, losses=losses,
+            train_s=train_time, steps_per_s=steps_per_s, eval_s=eval_time,
+            eta_s=eta, valid=format_metrics(result['valid'], ks),
+            test=format_metrics(result['test'], ks), improved=improved))
       last_epoch = epoch
       if (stop or signals.signum or epoch == final_epoch
           or (epoch + 1) % config.checkpoint_every_epochs == 0):
@@ -401,9 +495,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                     last_epoch, ckpt.directory / checkpointing.LATEST)
     return dict(result, interrupted=signals.name)
   logging.info('best epoch %d: valid %s | test %s', result['best_epoch'],
-               format_metrics(result['valid']), format_metrics(result['test']))
+               format_metrics(result['valid'], ks),
+               format_metrics(result['test'], ks))
   if distributed.is_chief():
-    (workdir / 'result.json').write_text(json.dumps(result, indent=2))
+    workdir_lib.write_json_atomic(workdir / 'result.json', result)
   return result
 
 
@@ -411,6 +506,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for logs and checkpoints.')
+flags.DEFINE_bool('debug', False, 'Show the traceback of an error.')
 
 
 def main(argv):
@@ -420,13 +516,31 @@ def main(argv):
     raise app.UsageError('--config is required, e.g. configs/small.py')
   workdir = FLAGS.workdir or f'runs/{config.dataset}'
   checkpointing.quiet_orbax_logs()
-  result = train_and_evaluate(config, workdir)
-  if 'interrupted' in result:
-    # The shell's convention for "ended by this signal" (130, 143), so that
-    # `train && evaluate` does not go on as if training had finished.
-    sys.exit(128 + signal.Signals[result['interrupted']].value)
+
+  def run() -> int:
+    result = train_and_evaluate(config, workdir)
+    if 'interrupted' in result:
+      # The shell's convention for "ended by this signal" (130, 143), so
+      # that `train && evaluate` does not go on as if training had finished.
+      return 128 + signal.Signals[result['interrupted']].value
+    return 0
+
+  sys.exit(errors.run_cli(run, debug=FLAGS.debug))
+
+
+def cli() -> None:
+  """`mentor-train` and `python -m mentor_jax.train`.
+
+  `--config` also takes a shipped config's name (console.resolve_config_arg).
+  """
+  flags.mark_flags_as_required(['config'])
+
+  def main_with_console(argv):
+    console.setup_logging()
+    return main(argv)
+
+  app.run(main_with_console, argv=console.resolve_config_arg(sys.argv))
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli()

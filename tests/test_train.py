@@ -11,6 +11,7 @@ import conftest
 
 from configs import tiny
 from mentor_jax import data as data_lib
+from mentor_jax import errors
 from mentor_jax import metrics
 from mentor_jax.models.mentor import objective
 from mentor_jax import registry
@@ -86,9 +87,33 @@ def test_same_seed_same_metrics(tiny_dataset, tmp_path):
 def test_nan_loss_stops_training(tiny_dataset, tmp_path):
   config = tiny.get_config()
   config.data_npz = str(tiny_dataset)
-  config.learning_rate = float('nan')
-  with pytest.raises(FloatingPointError, match='NaN'):
+  # Adam's steps are about learning_rate in size: the parameters overflow.
+  config.learning_rate = 1e30
+  with pytest.raises(FloatingPointError, match=r'epoch 0, step \d+ .*became '
+                     'NaN or inf.*learning rate'):
     train.train_and_evaluate(config, tmp_path)
+
+
+def test_non_finite_error_names_the_first_bad_step_and_part():
+  nan, inf = float('nan'), float('inf')
+  parts = {'bpr': np.array([1.0, 1.0, nan, nan]),
+           'align': np.array([0.5, 0.5, 0.5, inf]),
+           'reg': np.array([0.1, inf, 0.1, 0.1])}
+  err = train.non_finite_error(parts, epoch=3, first_step=40)
+  # Step 2 of the epoch (global 42) is the first bad one, through 'reg'.
+  assert str(err).startswith("epoch 3, step 42 (step 2 of the epoch): loss "
+                             "part 'reg' became NaN or inf;")
+  assert train.non_finite_error({'bpr': np.ones(3)}, 0, 0) is None
+
+
+def test_a_nan_learning_rate_is_refused_before_training(tiny_dataset,
+                                                       tmp_path):
+  config = tiny.get_config()
+  config.data_npz = str(tiny_dataset)
+  config.learning_rate = float('nan')
+  with pytest.raises(errors.ConfigError, match='config.learning_rate=nan'):
+    train.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / 'config.json').exists()
 
 
 def test_bad_valid_metric_is_rejected(tiny_dataset, tmp_path):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mentor_jax import config_spec as spec
 from mentor_jax import data as data_lib
 from mentor_jax import family
 from mentor_jax.ops import graph
@@ -182,4 +183,9 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> Freedom:
 FREEDOM_FAMILY = family.ModelFamily(
     name='freedom', create_model=create_model,
     make_hparams=Hparams.from_config, loss=loss, score=score,
-    epoch_setup=epoch_setup)
+    epoch_setup=epoch_setup,
+    config_spec=family.spec_from_hparams(
+        Hparams, embedding_size=spec.integer(1),
+        feat_embed_dim=spec.integer(1), reg_weight=spec.NON_NEGATIVE,
+        dropout=spec.PROBABILITY_BELOW_1, n_ui_layers=spec.integer(0),
+        n_mm_layers=spec.integer(0), mm_image_weight=spec.number(0.0, 1.0)))

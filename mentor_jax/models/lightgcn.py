@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mentor_jax import config_spec as spec
 from mentor_jax import data as data_lib
 from mentor_jax import family
 from mentor_jax.ops import graph
@@ -80,4 +81,7 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> LightGCN:
 
 LIGHTGCN_FAMILY = family.ModelFamily(
     name='lightgcn', create_model=create_model,
-    make_hparams=Hparams.from_config, loss=loss, score=score)
+    make_hparams=Hparams.from_config, loss=loss, score=score,
+    config_spec=family.spec_from_hparams(
+        Hparams, embedding_size=spec.integer(1),
+        reg_weight=spec.NON_NEGATIVE, n_layers=spec.integer(0)))

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mentor_jax import config_spec as spec
 from mentor_jax import data as data_lib
 from mentor_jax import family
 from mentor_jax.ops import init as init_lib
@@ -67,4 +68,7 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> MFBPR:
 
 MFBPR_FAMILY = family.ModelFamily(
     name='mfbpr', create_model=create_model,
-    make_hparams=Hparams.from_config, loss=loss, score=score)
+    make_hparams=Hparams.from_config, loss=loss, score=score,
+    config_spec=family.spec_from_hparams(
+        Hparams, embedding_size=spec.integer(1),
+        reg_weight=spec.NON_NEGATIVE))

@@ -6,6 +6,11 @@
   `knn_propagate` (gathers) and `knn_matrix_numpy` (scipy) are the plain
   references the tests compare against.
 * `layer_mean_propagate`: LightGCN's readout over the user-item graph.
+* `interaction_matrix`: the U x I training interactions R and Rᵀ (LGMRec);
+  `distinct_row_counts`: MMRec's (A > 0) degrees.
+* `knn_from_embeddings_blockwise`: top-k cosine neighbours of learned
+  embeddings in [block, n] tiles, never n x n (LATTICE's learned graph);
+  `neighbour_csr`: (A, Aᵀ) from a fixed-width [n, m] neighbour layout.
 
 Pure `jax.numpy`; no Flax.
 """
@@ -199,3 +204,134 @@ def layer_mean_propagate(adj: Csr, ego: jax.Array, n_layers: int,
     x = sparse.spmm(adj, x, kernel=kernel)
     total = total + x
   return total / (n_layers + 1)
+
+
+def interaction_matrix(train_indptr: jax.Array, train_items: jax.Array,
+                       n_items: int) -> tuple[Csr, Csr]:
+  """R and Rᵀ: the U x I training interactions, one entry per training row.
+
+  Built on the device from the per-user CSR the data layer keeps (traceable,
+  a constant of the compiled epoch). Duplicate rows stay separate entries
+  and so add up, as MMRec's `inter_matrix` COO does in `torch.sparse.mm`.
+
+  Args:
+    train_indptr: int [U + 1] per-user row pointers.
+    train_items: int [n_train] items of each user, ascending within a user.
+    n_items: I.
+
+  Returns:
+    (R [U, I], Rᵀ [I, U]) with values 1, for `spmm(r, x, a_t=r_t)`.
+  """
+  train_indptr = jnp.asarray(train_indptr, jnp.int32)
+  cols = jnp.asarray(train_items, jnp.int32)
+  n_users, nnz = train_indptr.shape[0] - 1, cols.shape[0]
+  rows = jnp.repeat(jnp.arange(n_users, dtype=jnp.int32),
+                    jnp.diff(train_indptr), total_repeat_length=nnz)
+  ones = jnp.ones((nnz,), jnp.float32)
+  r = Csr(indptr=train_indptr, indices=cols, values=ones, rows=rows,
+          n_cols=n_items)
+  perm = jnp.argsort(cols, stable=True)
+  t_indptr = jnp.concatenate([
+      jnp.zeros((1,), jnp.int32),
+      jnp.cumsum(jnp.bincount(cols, length=n_items)).astype(jnp.int32)])
+  r_t = Csr(indptr=t_indptr, indices=rows[perm], values=ones,
+            rows=cols[perm], n_cols=n_users)
+  return r, r_t
+
+
+def distinct_row_counts(indptr: jax.Array, sorted_cols: jax.Array
+                        ) -> jax.Array:
+  """Distinct column ids per CSR row whose columns are sorted within rows.
+
+  MMRec's degrees count (A > 0), i.e. duplicates once.
+
+  Returns:
+    float32 [n_rows].
+  """
+  indptr = jnp.asarray(indptr, jnp.int32)
+  cols = jnp.asarray(sorted_cols)
+  n_rows, nnz = indptr.shape[0] - 1, cols.shape[0]
+  rows = jnp.repeat(jnp.arange(n_rows, dtype=jnp.int32), jnp.diff(indptr),
+                    total_repeat_length=nnz)
+  starts = jnp.arange(nnz) == indptr[rows]
+  new = starts | (cols != jnp.roll(cols, 1))
+  return jax.ops.segment_sum(new.astype(jnp.float32), rows,
+                             num_segments=n_rows)
+
+
+def neighbour_csr(cols: jax.Array, vals: jax.Array) -> tuple[Csr, Csr]:
+  """(A, Aᵀ) as `Csr`s from a fixed-width neighbour layout, on the device.
+
+  Row i of A holds vals[i, c] at column cols[i, c] for every c; repeated
+  columns stay separate entries and add up. Columns are sorted within each
+  row (the 'csr' kernel is told they are). Traceable: the learned item
+  graph of LATTICE is rebuilt inside the compiled program.
+
+  Args:
+    cols: int [n, m] column ids in [0, n).
+    vals: float [n, m] values.
+
+  Returns:
+    (A, Aᵀ), both [n, n] with nnz = n m, for `spmm(a, x, a_t=a_t)`.
+  """
+  n, m = cols.shape
+  order = jnp.argsort(cols, axis=1, stable=True)
+  cols = jnp.take_along_axis(cols, order, axis=1).ravel().astype(jnp.int32)
+  vals = jnp.take_along_axis(vals, order, axis=1).ravel()
+  rows = jnp.repeat(jnp.arange(n, dtype=jnp.int32), m,
+                    total_repeat_length=n * m)
+  a = Csr(indptr=jnp.arange(n + 1, dtype=jnp.int32) * m, indices=cols,
+          values=vals, rows=rows, n_cols=n)
+  # Aᵀ: a stable sort by column keeps rows ascending within each new row.
+  perm = jnp.argsort(cols, stable=True)
+  t_indptr = jnp.concatenate([
+      jnp.zeros((1,), jnp.int32),
+      jnp.cumsum(jnp.bincount(cols, length=n)).astype(jnp.int32)])
+  a_t = Csr(indptr=t_indptr, indices=rows[perm], values=vals[perm],
+            rows=cols[perm], n_cols=n)
+  return a, a_t
+
+
+def knn_from_embeddings_blockwise(x: jax.Array, k: int, *,
+                                  block_size: int = 1024
+                                  ) -> tuple[jax.Array, jax.Array]:
+  """Top-k cosine neighbours of every row of x, without an n x n matrix.
+
+  MMRec's `build_knn_neighbourhood(build_sim(x), k)` keeps, per row, the k
+  largest entries of the dense cosine-similarity matrix (self included,
+  values kept). Here rows go in blocks: a [block, n] similarity tile, its
+  top-k by `lax.top_k`, so the peak is one tile. The selection runs on
+  stop-gradient copies; the kept values are then recomputed as row dot
+  products, which carries exactly the gradient of the dense form (top-k
+  passes gradient to the kept entries only, and through them to x).
+
+  Args:
+    x: [n, d] embeddings (rows with zero norm give zero similarities).
+    k: neighbours per row (static), 1 <= k <= n.
+    block_size: rows per tile (static); the tile is block_size x n floats.
+
+  Returns:
+    (cols int32 [n, k], best first; vals float [n, k], the cosine
+    similarities cos(x_i, x_cols[i, c]), differentiable in x).
+  """
+  n, d = x.shape
+  if not 1 <= k <= n:
+    raise ValueError(f'k={k} must lie in [1, {n}] (the number of rows).')
+  block = max(1, min(block_size, n))
+  unit = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True),
+                                       1e-24))
+  fixed = jax.lax.stop_gradient(unit)
+  n_blocks = -(-n // block)
+  padded = jnp.pad(fixed, ((0, n_blocks * block - n), (0, 0)))
+  hi = jax.lax.Precision.HIGHEST  # The selection must not depend on TF32.
+
+  def top_cols(rows):
+    sim = jnp.matmul(rows, fixed.T, precision=hi)  # [block, n]
+    return jax.lax.top_k(sim, k)[1].astype(jnp.int32)
+
+  cols = jax.lax.map(top_cols, padded.reshape(n_blocks, block, d))
+  cols = cols.reshape(n_blocks * block, k)[:n]
+  # One column at a time: a [n, k, d] gather would be k times the table.
+  vals = jnp.stack([jnp.sum(unit * unit[cols[:, c]], axis=-1)
+                    for c in range(k)], axis=1)
+  return cols, vals

@@ -94,7 +94,7 @@ def _block_lse(a_blk: Array, b_hat: Array, temp: Array,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
 def _nce_sum(a_hat: Array, b_hat: Array, b_pos: Array, valid: Array,
              temp: Array, n_total: int, block: int, precision: str,
-             axis_name: str | None) -> Array:
+             separate_positives: bool) -> Array:
   """sum over valid rows i of [lse_j(<a_i, b_j>/tau) - <a_i, b_pos_i>/tau],
   divided by `n_total`, on normalized rows.
 
@@ -107,9 +107,10 @@ def _nce_sum(a_hat: Array, b_hat: Array, b_pos: Array, valid: Array,
     n_total: the loss's row count n (the mean's divisor).
     block: rows per logits tile.
     precision: matmul precision.
-    axis_name: None when `a_hat` holds every row, so that `b_pos` is
-      `b_hat` itself (single device); else the `shard_map` axis the rows
-      are split over (the scan carries are then device-varying).
+    separate_positives: False when `b_pos` is `b_hat` itself (`a_hat`
+      holds every row: one device), so that the positives' gradient folds
+      into B's; True when they are other rows (a device's row block inside
+      `shard_map`, or a batch against a whole table).
 
   Returns:
     Scalar: this block's share of the loss.
@@ -127,7 +128,7 @@ def _nce_sum(a_hat: Array, b_hat: Array, b_pos: Array, valid: Array,
 
 
 def _nce_sum_fwd(a_hat, b_hat, b_pos, valid, temp, n_total, block, precision,
-                 axis_name):
+                 separate_positives):
   """Value and gradient in one sweep over the row blocks.
 
   A row block of the logits holds complete rows, so its softmax P is known
@@ -164,10 +165,11 @@ def _nce_sum_fwd(a_hat, b_hat, b_pos, valid, temp, n_total, block, precision,
     return (db_acc, pl_acc), (lse, da_blk)
 
   init = (jnp.zeros_like(b_hat), jnp.zeros((), dtype=a_hat.dtype))
-  if axis_name is not None:
+  if separate_positives:
     # Inside shard_map the carries depend on this device's rows: their
     # (shard_map vma) type must say so for the scan's types to agree. Zero
-    # taken from this device's rows makes them device-varying.
+    # taken from this device's rows makes them device-varying (and adds
+    # nothing elsewhere).
     anchor = 0.0 * a_hat[0, 0]
     init = jax.tree.map(lambda x: x + anchor, init)
   (pb, pl), (lse, pa) = jax.lax.scan(step, init, (a_blocks, v_blocks))
@@ -176,7 +178,7 @@ def _nce_sum_fwd(a_hat, b_hat, b_pos, valid, temp, n_total, block, precision,
   loss = jnp.sum(jnp.where(valid, lse - pos, 0.0)) / n_total
   scale = 1.0 / (n_total * temp)
   da = scale * (pa.reshape(-1, d)[:m] - b_pos)
-  if axis_name is None:
+  if not separate_positives:
     db, db_pos = scale * (pb - a_hat), None
   else:
     db, db_pos = scale * pb, -scale * jnp.where(valid[:, None], a_hat, 0.0)
@@ -185,8 +187,8 @@ def _nce_sum_fwd(a_hat, b_hat, b_pos, valid, temp, n_total, block, precision,
                 jnp.reshape(dtemp, temp.shape).astype(temp.dtype))
 
 
-def _nce_sum_bwd(n_total, block, precision, axis_name, res, g):
-  del n_total, block, precision, axis_name
+def _nce_sum_bwd(n_total, block, precision, separate_positives, res, g):
+  del n_total, block, precision, separate_positives
   da, db, db_pos, dtemp = res
   db_pos = None if db_pos is None else g * db_pos
   return g * da, g * db, db_pos, None, g * dtemp
@@ -236,7 +238,7 @@ def info_nce_fused(
   b_hat = l2_normalize(b)
   temp = jnp.asarray(temp, dtype=a_hat.dtype)
   return _nce_sum(a_hat, b_hat, b_hat, jnp.ones((n,), bool), temp, n, block,
-                  precision, None)
+                  precision, False)
 
 
 def info_nce_sharded(a: Array, b: Array, temp: float | Array, *,
@@ -273,7 +275,7 @@ def info_nce_sharded(a: Array, b: Array, temp: float | Array, *,
     # the psum that accumulates them over devices.
     b_all, t = jax.lax.pcast((b_all, t), axis, to='varying')
     share = _nce_sum(a_blk, b_all, b_pos_blk, valid_blk, t, n, block,
-                     precision, axis)
+                     precision, True)
     return jax.lax.psum(share, axis)
 
   return jax.shard_map(
@@ -369,3 +371,46 @@ def info_nce_loss(
     return info_nce_sharded(a, b, temp, block_size=block_size,
                             precision=precision)
   raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+
+
+def info_nce_against_all(anchors: Array, positives: Array, candidates: Array,
+                         temp: float | Array, *, mask: Array | None = None,
+                         block_size: int = 1024,
+                         precision: str = 'float32') -> Array:
+  """InfoNCE of a batch against every row of a table, summed over the batch.
+
+    sum_b mask_b [ log sum_j exp(<â_b, ĉ_j> / tau) - <â_b, p̂_b> / tau ]
+
+  on L2-normalized rows: LGMRec's `ssl_triple_loss` (anchors and positives
+  are the batch's rows of two views, the candidates all rows of the second
+  view, so the positive sits in the denominator). Blockwise over the
+  anchors with the exact one-sweep gradient of `info_nce_fused`: peak extra
+  memory O(block_size * n), never [B, n] at once for B > block_size.
+
+  Args:
+    anchors: [B, d].
+    positives: [B, d], row b the positive of anchor b.
+    candidates: [n, d].
+    temp: tau.
+    mask: optional [B] 0/1; rows with 0 (batch padding) add nothing.
+    block_size: anchor rows per logits tile.
+    precision: matmul precision.
+
+  Returns:
+    Scalar (a sum, not a mean).
+  """
+  if anchors.shape != positives.shape or anchors.ndim != 2 or (
+      candidates.ndim != 2 or candidates.shape[1] != anchors.shape[1]):
+    raise ValueError('anchors and positives must be [B, d] and candidates '
+                     f'[n, d]; got {anchors.shape}, {positives.shape}, '
+                     f'{candidates.shape}')
+  m = anchors.shape[0]
+  valid = jnp.ones((m,), bool) if mask is None else mask > 0
+  # `_nce_sum`'s anchor gradient (P B - B_pos) is not masked; zeroed rows
+  # outside it keep padding rows out of every gradient.
+  zero_invalid = lambda x: jnp.where(valid[:, None], x, 0.0)
+  a_hat = zero_invalid(l2_normalize(anchors))
+  temp = jnp.asarray(temp, dtype=a_hat.dtype)
+  return _nce_sum(a_hat, l2_normalize(candidates),
+                  zero_invalid(l2_normalize(positives)), valid, temp, 1,
+                  min(int(block_size), m), precision, True)

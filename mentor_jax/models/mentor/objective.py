@@ -8,12 +8,14 @@ shared `ops.losses` and `ops.infonce`) on the outputs of `model.forward`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mentor_jax import config_spec as spec
 from mentor_jax import data as data_lib
 from mentor_jax import family
 from mentor_jax.models.mentor import losses
@@ -64,54 +66,59 @@ class Hparams(family.TrainHparams):
     validate_switches(self)
 
 
-# Allowed values of each string switch; the first is the official code's.
-SWITCHES: dict[str, tuple[str, ...]] = {
-    'fusion': model_lib.FUSIONS,
-    'align_stats': ('global', 'per_node'),
-    'align_dispersion': ('variance', 'std'),
-    'feature_mask': ('logged', 'gradient'),
-    'perturbation': ('separate_encoders', 'own_encoders'),
-    'noise': model_lib.NOISES,
-    'nce_views': ('fused', 'per_modality'),
-    'mm_aggregation': model_lib.MM_AGGREGATIONS,
-    'reg_form': ('code', 'paper'),
-    # Not a paper switch: reduced-precision matmuls (precision.py).
-    'matmul_precision': precision_lib.MATMUL_PRECISIONS,
-}
+def _log_base(x) -> bool:
+  return x > 0 and x != 1 and math.isfinite(x)
+
+
+# Every config key MENTOR reads, with its allowed values. For the string
+# switches the first choice is the official code's.
+CONFIG_SPEC = family.spec_from_hparams(
+    Hparams,
+    # The width is hard-coded upstream (64); a config cannot change it.
+    embedding_size=spec.choice(model_lib.EMBED_DIM),
+    n_ui_layers=spec.integer(0),
+    n_mm_layers=spec.integer(0),
+    mm_image_weight=spec.number(0.0, 1.0),
+    noise_eps=spec.NON_NEGATIVE,
+    reg_weight=spec.NON_NEGATIVE,
+    align_weight=spec.NON_NEGATIVE,
+    mask_weight_f=spec.NON_NEGATIVE,
+    dropout=spec.PROBABILITY_BELOW_1,
+    mask_weight_g=spec.NON_NEGATIVE,
+    temp=spec.POSITIVE,
+    infonce_impl=spec.choice(*infonce.IMPLS),
+    infonce_block_size=spec.integer(1),
+    infonce_scope=spec.choice(*infonce.SCOPES),
+    fusion=spec.choice(*model_lib.FUSIONS),
+    align_stats=spec.choice('global', 'per_node'),
+    align_dispersion=spec.choice('variance', 'std'),
+    align_levels=spec.int_tuple(1, nonempty=False, allowed_values=tuple(
+        losses.PAPER_ALIGN_LEVELS)),
+    feature_mask=spec.choice('logged', 'gradient'),
+    perturbation=spec.choice('separate_encoders', 'own_encoders'),
+    noise=spec.choice(*model_lib.NOISES),
+    nce_views=spec.choice('fused', 'per_modality'),
+    mm_aggregation=spec.choice(*model_lib.MM_AGGREGATIONS),
+    bpr_log_base=spec.Spec('positive numbers other than 1 (2.0 code, e '
+                           'paper)', _log_base),
+    reg_form=spec.choice('code', 'paper'),
+    # Not a paper switch: reduced-precision matmuls (ops/precision.py).
+    matmul_precision=spec.choice(*precision_lib.MATMUL_PRECISIONS),
+)
 
 
 def validate_switches(config: Any) -> None:
-  """Raises ValueError naming the config key and its allowed values.
+  """Raises ConfigError naming the key, its value and the allowed values.
 
   Args:
     config: a ConfigDict or an `Hparams`; keys it lacks are skipped.
   """
   get = (config.get if hasattr(config, 'get')
          else lambda k, d=None: getattr(config, k, d))
-  for key, allowed in SWITCHES.items():
+  for key, key_spec in CONFIG_SPEC.items():
     value = get(key, None)
-    if value is not None and value not in allowed:
-      raise ValueError(f'config.{key}={value!r}: allowed values are '
-                       f'{allowed}')
-  levels = get('align_levels', None)
-  if levels is not None:
-    bad = [lv for lv in levels if lv not in losses.PAPER_ALIGN_LEVELS]
-    if bad or len(set(levels)) != len(tuple(levels)):
-      raise ValueError(f'config.align_levels={tuple(levels)!r}: allowed '
-                       'values are distinct levels from (1, 2, 3) (paper '
-                       'numbering; () disables alignment)')
-  base = get('bpr_log_base', None)
-  if base is not None and not (base > 0 and base != 1):
-    raise ValueError(f'config.bpr_log_base={base!r}: allowed values are '
-                     'positive numbers other than 1 (2.0 code, e = paper)')
-  knn_k = get('knn_k', None)
-  if knn_k is not None and knn_k < 1:
-    raise ValueError(f'config.knn_k={knn_k!r}: allowed values are >= 1 '
-                     '(at most the neighbours stored in the .npz)')
-  for key in ('n_mm_layers',):
-    value = get(key, None)
-    if value is not None and value < 0:
-      raise ValueError(f'config.{key}={value!r}: allowed values are >= 0')
+    if value is not None:
+      key_spec.validate(key, value)
 
 
 def run_forward(model: model_lib.Mentor, data: data_lib.DeviceData,
@@ -257,4 +264,4 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> model_lib.Mentor:
 MENTOR = family.ModelFamily(
     name='mentor', create_model=create_model,
     make_hparams=Hparams.from_config, loss=mentor_loss,
-    score=score_embeddings)
+    score=score_embeddings, config_spec=CONFIG_SPEC)

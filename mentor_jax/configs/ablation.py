@@ -39,7 +39,7 @@ def apply_variant(config: ml_collections.ConfigDict,
   """Applies ablation `variant` to `config` in place and returns it."""
   variant = variant.lower()
   if variant == 'paper':
-    from configs import paper  # pylint: disable=g-import-not-at-top
+    from mentor_jax.configs import paper  # pylint: disable=g-import-not-at-top
     config = paper.apply_paper(config)
     config.variant = variant
     return config
@@ -55,5 +55,5 @@ def apply_variant(config: ml_collections.ConfigDict,
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts = (arg or 'mentor').split(',')
   dataset, variant = (parts if len(parts) == 2 else ('small', parts[0]))
-  module = importlib.import_module(f'configs.{dataset}')
+  module = importlib.import_module(f'mentor_jax.configs.{dataset}')
   return apply_variant(module.get_config(), variant)

@@ -41,5 +41,5 @@ def apply_paper(config: ml_collections.ConfigDict
 
 
 def get_config(dataset: str | None = None) -> ml_collections.ConfigDict:
-  module = importlib.import_module(f'configs.{dataset or "small"}')
+  module = importlib.import_module(f'mentor_jax.configs.{dataset or "small"}')
   return apply_paper(module.get_config())

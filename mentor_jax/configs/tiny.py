@@ -1,6 +1,6 @@
 """A CPU-sized config for tests: tiny synthetic data, a few epochs."""
 
-from configs import base
+from mentor_jax.configs import base
 
 
 def get_config():

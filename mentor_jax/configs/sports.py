@@ -10,7 +10,7 @@ is mask_weight_g in {1e-4, 1e-3} x temp in {0.2, 0.4, 0.6}; this config is
 its first cell (override with --config.mask_weight_g=... --config.temp=...).
 """
 
-from configs import base
+from mentor_jax.configs import base
 
 
 def get_config():

@@ -12,9 +12,9 @@ point --config.data_source elsewhere for another copy.
 
 import pathlib
 
-from configs import base
+from mentor_jax.configs import base
 
-SHARED_TIKTOK = pathlib.Path(__file__).resolve().parents[1].parent / (
+SHARED_TIKTOK = pathlib.Path(__file__).resolve().parents[2].parent / (
     'shared/data/tiktok')
 
 

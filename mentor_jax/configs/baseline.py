@@ -5,7 +5,8 @@
 
 The argument is `MODEL,DATASET`:
 
-* MODEL: mfbpr | lightgcn | freedom (| mentor, which is configs/DATASET.py).
+* MODEL: mfbpr | lightgcn | freedom | vbpr | bm3 | lgmrec | mmgcn | lattice
+  (| mentor, which is configs/DATASET.py).
 * DATASET: baby | sports | clothing | tiktok, the data section of
   configs/DATASET.py; or baby_graph | sports_graph | clothing_graph, the real
   interaction graphs in ../shared/data (x_label split) with seeded synthetic
@@ -27,6 +28,26 @@ the cell with the best test Recall@20; no search is done here):
 * freedom (FREEDOM.yaml: knn_k 10, mm_image_weight 0.1, n_mm_layers 1,
   n_ui_layers 2, feat_embed_dim 64; dropout in {0.8, 0.9}, reg_weight in
   {0, 1e-5, 1e-4, 1e-3}): dropout 0.8, reg_weight 1e-3.
+* vbpr (VBPR.yaml, reg_weight in {2, 1, 0.1, 1e-2, 1e-3, 1e-4, 1e-5}):
+  reg_weight 1e-3 (as mfbpr: the same grid and loss form).
+* bm3 (BM3.yaml: cl_weight 2.0, no negatives; n_layers in {1, 2},
+  reg_weight in {0.1, 0.01}, dropout in {0.3, 0.5}): the grid's first
+  cell, n_layers 1, reg_weight 0.1, dropout 0.3.
+* lgmrec (LGMRec.yaml: cf_model lightgcn, n_ui_layers 2, n_mm_layers 2,
+  cl_weight 1e-4, reg_weight 1e-6, feat_embed_dim 64; the yaml's active
+  (Baby) cell n_hyper_layer 1, hyper_num 4, keep_rate 0.5, alpha 0.3; its
+  comments give Sports 1/4/0.4/0.6 and Clothing 2/64/0.2/0.2).
+* mmgcn (MMGCN.yaml, reg_weight in {0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1},
+  learning_rate in {1e-4, 5e-4, 1e-3, 5e-3, 1e-2}): reg_weight 1e-3, lr
+  1e-3. The regularizer has no gradient upstream (its tensors are never
+  trained), so reg_weight only shifts the logged loss. Ranks the last
+  training forward's embeddings, as MMRec's `self.result`.
+* lattice (LATTICE.yaml: knn_k 10, lambda_coeff 0.9, n_layers 1,
+  weight_size [64, 64] -> n_ui_layers 2, feat_embed_dim 64, cf_model
+  lightgcn; reg_weight in {0, 1e-5, 1e-4, 1e-3}, learning_rate in
+  {1e-4, 5e-4, 1e-3, 5e-3}): reg_weight 1e-4, lr 1e-3. Its
+  learning_rate_scheduler [0.96, 50] is not applied (the trainer's Adam
+  has a constant rate).
 
 Override any of them, e.g. --config.reg_weight=1e-2.
 """
@@ -34,10 +55,14 @@ Override any of them, e.g. --config.reg_weight=1e-2.
 import importlib
 import pathlib
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / (
+from mentor_jax import config_spec
+from mentor_jax import registry
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2].parent / (
     'shared/data')
 
-MODELS = ('mfbpr', 'lightgcn', 'freedom', 'mentor')
+MODELS = ('mfbpr', 'lightgcn', 'freedom', 'vbpr', 'bm3', 'lgmrec',
+          'mmgcn', 'lattice', 'mentor')
 DATASETS = ('baby', 'sports', 'clothing', 'tiktok', 'baby_graph',
             'sports_graph', 'clothing_graph')
 
@@ -47,6 +72,16 @@ _MODEL_SETTINGS = {
     'freedom': dict(reg_weight=1e-3, dropout=0.8, n_ui_layers=2,
                     n_mm_layers=1, knn_k=10, mm_image_weight=0.1,
                     feat_embed_dim=64),
+    'vbpr': dict(reg_weight=1e-3),
+    'bm3': dict(n_layers=1, reg_weight=0.1, dropout=0.3, cl_weight=2.0),
+    'lgmrec': dict(cf_model='lightgcn', n_ui_layers=2, n_mm_layers=2,
+                   n_hyper_layer=1, hyper_num=4, keep_rate=0.5, alpha=0.3,
+                   cl_weight=1e-4, reg_weight=1e-6, feat_embed_dim=64,
+                   score_gumbel=True),
+    'mmgcn': dict(reg_weight=1e-3, eval_embeddings='last_step'),
+    'lattice': dict(reg_weight=1e-4, knn_k=10, lambda_coeff=0.9, n_layers=1,
+                    n_ui_layers=2, feat_embed_dim=64,
+                    graph_block_size=1024),
 }
 
 
@@ -58,7 +93,8 @@ def get_config(arg: str = 'lightgcn,baby'):
                      f'MODEL in {MODELS} and DATASET in {DATASETS}')
   graph_only = dataset.endswith('_graph')
   base_name = dataset.removesuffix('_graph')
-  config = importlib.import_module(f'configs.{base_name}').get_config()
+  config = importlib.import_module(
+      f'mentor_jax.configs.{base_name}').get_config()
   if graph_only:
     config.dataset = dataset
     config.data_npz = f'data/{dataset}.npz'
@@ -74,4 +110,10 @@ def get_config(arg: str = 'lightgcn,baby'):
   config.eval_embeddings = 'recompute'
   for key, value in _MODEL_SETTINGS[model].items():
     config[key] = value
+  # MENTOR's own settings (and its grid) would be ignored by this model:
+  # drop them, so that overriding one is an error, not a silent no-op.
+  family_keys = registry.get(model).config_spec
+  for key in list(config.keys()):
+    if key not in config_spec.TRAINER and key not in family_keys:
+      del config[key]
   return config

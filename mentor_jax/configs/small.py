@@ -6,7 +6,7 @@
 a few seconds per epoch on a 2-core CPU.
 """
 
-from configs import base
+from mentor_jax.configs import base
 
 
 def get_config():

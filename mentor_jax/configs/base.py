@@ -137,6 +137,9 @@ def get_config() -> ml_collections.ConfigDict:
   # epochs (and on the last epoch, early stop or SIGINT/SIGTERM) under
   # <workdir>/checkpoints/latest; the best epoch always under .../best.
   config.checkpoint_every_epochs = 1
+  # A resume whose dataset differs in content (same shapes) from the one the
+  # checkpoint was trained on is refused unless this is True.
+  config.resume_other_data = False
   return config
 
 

@@ -7,7 +7,7 @@ use. For speed and memory benchmarks; its metrics say nothing about the paper.
   python -m mentor_jax.train --config configs/synth_clothing.py
 """
 
-from configs import base
+from mentor_jax.configs import base
 
 
 def get_config():

@@ -1,0 +1,195 @@
+"""The console as a person sees it: the trainer run in a pseudo-terminal
+from another folder, the start-up block, the bar, no backend-probe noise;
+config names and data paths that work from anywhere."""
+
+import errno
+import json
+import logging
+import os
+import pathlib
+import pty
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mentor_jax import console
+from mentor_jax import datasets
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run_in_pty(argv, cwd, env, timeout=300.0) -> tuple[int, str]:
+  """Runs `argv` with stdin/stdout/stderr on a pseudo-terminal."""
+  leader, follower = pty.openpty()
+  proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=follower,
+                          stdout=follower, stderr=follower, close_fds=True)
+  os.close(follower)
+  chunks, deadline = [], time.monotonic() + timeout
+  try:
+    while time.monotonic() < deadline:
+      ready, _, _ = select.select([leader], [], [], 1.0)
+      if ready:
+        try:
+          data = os.read(leader, 65536)
+        except OSError as e:  # EIO: the child closed the terminal.
+          if e.errno != errno.EIO:
+            raise
+          break
+        if not data:
+          break
+        chunks.append(data)
+      elif proc.poll() is not None:
+        break
+  finally:
+    os.close(leader)
+  rc = proc.wait(timeout=60)
+  return rc, b''.join(chunks).decode('utf-8', 'replace')
+
+
+def _screen(raw: str) -> list[str]:
+  """The lines a terminal would show: '\\r' returns, ESC[K erases."""
+  lines, line = [], ''
+  for piece in re.split(r'(\r\n|\n|\r|\x1b\[K)', raw):
+    if piece in ('\r\n', '\n'):
+      lines.append(line)
+      line = ''
+    elif piece == '\r':
+      line = ''  # The next text overwrites from column 0 ...
+    elif piece == '\x1b[K':
+      pass  # ... and erases the rest: what was drawn is gone.
+    else:
+      line += piece
+  return lines + ([line] if line else [])
+
+
+@pytest.fixture
+def data_root(tiny_dataset, tmp_path):
+  """A MENTOR_DATA_ROOT holding tiny's data where configs/tiny.py says."""
+  root = tmp_path / 'data_root'
+  (root / 'data').mkdir(parents=True)
+  shutil.copy(tiny_dataset, root / 'data' / 'tiny.npz')
+  return root
+
+
+def test_training_in_a_terminal_from_another_folder(data_root, tmp_path):
+  cwd = tmp_path / 'elsewhere'
+  cwd.mkdir()
+  env = dict(os.environ, MENTOR_DATA_ROOT=str(data_root), COLUMNS='120')
+  env.pop('JAX_PLATFORMS', None)
+  argv = [sys.executable, '-m', 'mentor_jax.train',
+          f'--config={REPO / "configs" / "tiny.py"}', '--workdir', 'run',
+          '--config.epochs=2', '--config.train_batch_size=16']
+  rc, raw = _run_in_pty(argv, cwd, env)
+  assert rc == 0, raw
+  assert 'Unable to initialize backend' not in raw
+  assert 'Traceback' not in raw
+  # The bar was drawn in place, counting up to every step of each epoch.
+  n_steps = 23  # ceil(357 training rows / 16)
+  for epoch in (0, 1):
+    counts = [int(c) for c in re.findall(
+        rf'\repoch {epoch}/1 \[[#-]+\] (\d+)/{n_steps} ', raw)]
+    assert counts and counts[-1] == n_steps, raw
+    assert counts == sorted(counts)
+  screen = _screen(raw)
+  # Erased once complete: what stays is the block and the epoch lines.
+  assert not any(re.search(r'\[[#-]{5,}\]', line) for line in screen), screen
+  text = '\n'.join(screen)
+  for expected in ('device    1 x ', 'users', 'parameters',
+                   f'epoch     {n_steps} steps of 16 rows',
+                   'memory    estimated peak', 'epoch 0/1  train',
+                   'epoch 1/1  train', 'best epoch'):
+    assert expected in text, (expected, text)
+  # Data from MENTOR_DATA_ROOT, outputs in the working folder.
+  assert not (cwd / 'data').exists()
+  assert (cwd / 'run' / 'result.json').exists()
+  config = json.loads((cwd / 'run' / 'config.json').read_text())
+  assert config['data_npz'] == 'data/tiny.npz'
+
+
+def test_installed_entry_point_with_a_config_name(data_root, tmp_path):
+  script = pathlib.Path(sys.executable).parent / 'mentor-train'
+  if not script.exists():
+    pytest.skip(f'{script} not installed (pip install -e .)')
+  env = dict(os.environ, MENTOR_DATA_ROOT=str(data_root))
+  done = subprocess.run(
+      [str(script), '--config', 'tiny', '--workdir', 'run',
+       '--config.epochs=1'], cwd=tmp_path, env=env, capture_output=True,
+      text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  # Not a terminal: no bar drawing, plain lines only.
+  assert '\r' not in done.stderr and '\x1b' not in done.stderr
+  assert 'epoch 0/0  train' in done.stderr
+  assert 'Unable to initialize backend' not in done.stderr
+  assert (tmp_path / 'run' / 'result.json').exists()
+
+
+def test_config_names_resolve_to_the_shipped_configs(tmp_path):
+  shipped = console.CONFIG_DIR
+  assert (shipped / 'small.py').is_file()
+  for name in ('small', 'small.py', 'configs/small.py'):
+    assert console.shipped_config(name) == shipped / 'small.py'
+  assert console.shipped_config('nope') is None
+  got = console.resolve_config_arg(
+      ['x', '--config', 'baseline.py:lightgcn,baby', '--workdir', 'w'])
+  assert got == ['x', '--config', f'{shipped}/baseline.py:lightgcn,baby',
+                 '--workdir', 'w']
+  assert console.resolve_config_arg(['x', '--config=tiny']) == [
+      'x', f'--config={shipped}/tiny.py']
+  # A file that exists wins over a shipped name; unknown names stay as
+  # they are for the flag to report.
+  own = tmp_path / 'tiny.py'
+  own.write_text('')
+  assert console.resolve_config_arg(['x', f'--config={own}']) == [
+      'x', f'--config={own}']
+  assert console.resolve_config_arg(['x', '--config', 'nope']) == [
+      'x', '--config', 'nope']
+
+
+def test_data_paths_resolve_against_the_data_root(tmp_path, monkeypatch):
+  monkeypatch.delenv(datasets.DATA_ROOT_ENV, raising=False)
+  monkeypatch.chdir(tmp_path)
+  assert datasets.resolve_data_path('data/x.npz') == tmp_path / 'data/x.npz'
+  monkeypatch.setenv(datasets.DATA_ROOT_ENV, '/srv/d')
+  assert datasets.resolve_data_path('data/x.npz') == pathlib.Path(
+      '/srv/d/data/x.npz')
+  assert datasets.resolve_data_path('/abs/x.npz') == pathlib.Path(
+      '/abs/x.npz')
+
+
+def test_only_the_backend_probe_is_filtered():
+  logger = logging.getLogger('jax._src.xla_bridge')
+  filters = [f for f in logger.filters
+             if isinstance(f, console._DropBackendProbe)]  # pylint: disable=protected-access
+  assert len(filters) == 1  # Installed by importing mentor_jax.
+
+  def record(level, msg):
+    return logging.LogRecord('jax._src.xla_bridge', level, 'f', 1, msg,
+                             None, None)
+
+  probe = "Unable to initialize backend 'tpu': INTERNAL: no libtpu.so"
+  assert not filters[0].filter(record(logging.INFO, probe))
+  assert filters[0].filter(record(logging.WARNING, probe))
+  assert filters[0].filter(record(logging.INFO, 'other news'))
+
+
+def test_memory_estimate_counts_arguments_and_donation():
+  x = jnp.ones((256, 256), jnp.float32)
+  compiled = jax.jit(lambda a: a * 2.0, donate_argnums=0).lower(x).compile()
+  got = console.peak_memory_bytes(compiled)
+  if got is None:
+    pytest.skip('this backend has no memory analysis')
+  assert got['argument'] == x.nbytes == 256 * 256 * 4
+  # The output lives in the donated input: one buffer, not two.
+  assert got['alias'] == x.nbytes
+  assert got['peak'] == x.nbytes + got['temp']
+  kept = console.peak_memory_bytes(jax.jit(lambda a: a * 2.0).lower(
+      x).compile())
+  assert kept['peak'] == 2 * x.nbytes + kept['temp']
+  assert console.peak_memory_bytes(object()) is None
