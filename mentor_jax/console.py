@@ -148,17 +148,17 @@ def startup_block(*, devices: Sequence[Any], dataset: Any, n_params: int,
   first, last = epochs
   lines = [
       f'device    {len(devices)} x {", ".join(kinds)}',
-      f'data      {dataset.path}: {dataset.n_users:,} users, '
-      f'{dataset.n_items:,} items; rows {dataset.n_train:,} train, '
-      f'{n_valid:,} valid, {n_test:,} test',
+      f'data      {dataset.path}',
+      f'          {dataset.n_users:,} users, {dataset.n_items:,} items; '
+      f'rows {dataset.n_train:,} train, {n_valid:,} valid, {n_test:,} test',
       f'model     {model}: {n_params:,} parameters',
       f'epoch     {n_steps:,} steps of {batch_size:,} rows; kernel {kernel}',
   ]
   if memory is not None:
     lines.append(
-        f'memory    estimated peak {_mib(memory["peak"])} per device '
-        f'(XLA\'s analysis of the epoch: arguments '
-        f'{_mib(memory["argument"])}, temporaries {_mib(memory["temp"])})')
+        f'memory    estimated peak {_mib(memory["peak"])} per device (XLA: '
+        f'{_mib(memory["argument"])} arguments + {_mib(memory["temp"])} '
+        'temporaries)')
   if compile_s is not None:
     lines.append(f'compiled  in {compile_s:.1f}s')
   lines.append(f'run       epochs {first}..{last} -> {workdir}'

@@ -223,7 +223,9 @@ def plot_curves(runs: Sequence[tuple[str, dict[str, Any],
   matplotlib.use('Agg')  # No display needed; call before pyplot.
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  parts = sorted({k for _, _, log in runs for r in log for k in r['loss']})
+  # Records without loss parts (hand-written logs) still plot their metrics.
+  parts = sorted({k for _, _, log in runs for r in log
+                  for k in r.get('loss', {})})
   panels = ['valid', 'test', 'loss total'] + [f'loss: {k}' for k in parts]
   ncols = 3
   nrows = -(-len(panels) // ncols)
@@ -245,11 +247,13 @@ def plot_curves(runs: Sequence[tuple[str, dict[str, Any],
     best_record = next(r for r in log if r['epoch'] == best)
     axes['valid'].plot([best], [best_record['valid'][metric]], 'o',
                        color=color, markersize=9, fillstyle='none')
-    axes['loss total'].plot(
-        epochs, [sum(r['loss'].values()) for r in log], color=color,
-        label=name)
+    totals = [(r['epoch'], sum(r['loss'].values())) for r in log
+              if r.get('loss')]
+    if totals:
+      axes['loss total'].plot(*zip(*totals), color=color, label=name)
     for k in parts:
-      points = [(r['epoch'], r['loss'][k]) for r in log if k in r['loss']]
+      points = [(r['epoch'], r['loss'][k]) for r in log
+                if k in r.get('loss', {})]
       if points:
         axes[f'loss: {k}'].plot(*zip(*points), color=color, label=name)
   axes['valid'].set_title(f'valid {", ".join(metrics)} (o: best epoch)')

@@ -110,3 +110,15 @@ def test_the_learning_curves_png_decodes_and_is_drawn(tmp_path):
     close = np.all(np.abs(pixels - np.array(rgb) / 255) < 0.05, axis=-1)
     assert close.sum() > 500, (rgb, close.sum())
   assert report._written_here(png)  # pylint: disable=protected-access
+
+
+def test_records_without_loss_parts_still_plot(tmp_path, capsys):
+  run = _run_dir(tmp_path / 'run')
+  path = run / 'metrics.jsonl'
+  records = [json.loads(l) for l in path.read_text().splitlines()]
+  path.write_text(''.join(
+      json.dumps({k: v for k, v in r.items() if k != 'loss'}) + '\n'
+      for r in records))
+  assert report.main([str(run)]) == 0
+  assert (run / 'curves.png').stat().st_size > 0
+  capsys.readouterr()
