@@ -2,12 +2,12 @@
 
 Progress-bar overhead: Baby-shape epoch program with and without the
 per-step callback (interleaved A/B), plus the callback's own cost."""
-import io, sys, time, json
+import sys, time, json
 import numpy as np
 import jax, jax.numpy as jnp
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
 from configs import synth_baby
-from mentor_jax import data as data_lib, datasets, progress, train
+from mentor_jax import datasets, progress, train
 
 STEPS, REPS = int(sys.argv[1]), int(sys.argv[2])
 config = synth_baby.get_config()
