@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -93,3 +94,40 @@ def prepare_tiktok_slice(shared: Path, folder: Path, n_users: int) -> Path:
   convert.convert(folder, out, name='tiktok', v_feat='image_feat.npy',
                   t_feat='audio_feat.npy', knn_k=10)
   return out
+
+
+def baseline_config(model: str, npz: Path):
+  """configs/baseline.py's `<model>,tiktok` settings on the .npz `npz`."""
+  from configs import baseline  # pylint: disable=g-import-not-at-top
+  config = baseline.get_config(f'{model},tiktok')
+  config.data_npz = str(npz)
+  config.data_source = ''
+  return config
+
+
+class BuiltBaseline(NamedTuple):
+  dataset: Any
+  config: Any
+  family: Any
+  hp: Any
+  model: Any
+  data: Any
+
+
+def build_baseline(name: str, npz: Path, **overrides) -> BuiltBaseline:
+  """Baseline `name` on `npz` with config `overrides`, as the trainer builds
+  it (the default sparse kernel of this backend)."""
+  # pylint: disable=g-import-not-at-top
+  from mentor_jax import data as data_lib
+  from mentor_jax import registry
+  from mentor_jax import train
+  dataset = data_lib.load_dataset(npz)
+  config = baseline_config(name, npz)
+  for key, value in overrides.items():
+    config[key] = value
+  family = registry.get(name)
+  hp = family.make_hparams(config,
+                           spmm_kernel=train.resolve_kernel('auto'))
+  model = family.create_model(config, dataset)
+  data = data_lib.to_device(dataset, config.knn_k)
+  return BuiltBaseline(dataset, config, family, hp, model, data)

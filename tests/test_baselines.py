@@ -4,7 +4,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -12,34 +11,16 @@ import conftest
 
 from configs import baseline
 from mentor_jax import data as data_lib
-from mentor_jax import registry
 from mentor_jax import report
 from mentor_jax import train
 from mentor_jax.models import freedom
 from mentor_jax.models import lightgcn
 from mentor_jax.models import mfbpr
 
-KERNEL = train.resolve_kernel('auto')
+_config = conftest.baseline_config
 
 
-def _config(model: str, npz) -> ml_collections.ConfigDict:
-  config = baseline.get_config(f'{model},tiktok')
-  config.data_npz = str(npz)
-  config.data_source = ''
-  return config
-
-
-def _built(name: str, npz, **overrides):
-  """(dataset, config, family, hp, model, data) of baseline `name`."""
-  dataset = data_lib.load_dataset(npz)
-  config = _config(name, npz)
-  for key, value in overrides.items():
-    config[key] = value
-  family = registry.get(name)
-  hp = family.make_hparams(config, spmm_kernel=KERNEL)
-  model = family.create_model(config, dataset)
-  data = data_lib.to_device(dataset, config.knn_k)
-  return dataset, config, family, hp, model, data
+_built = conftest.build_baseline  # (dataset, config, family, hp, model, data)
 
 
 def _dense_norm_adj(dataset: data_lib.Dataset) -> np.ndarray:

@@ -9,14 +9,12 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from configs import baseline
+import conftest
 from mentor_jax import data as data_lib
-from mentor_jax import registry
 from mentor_jax import report
 from mentor_jax import train
 from mentor_jax.models import lattice
@@ -27,23 +25,13 @@ from mentor_jax.ops import sparse
 KERNEL = train.resolve_kernel('auto')
 
 
-def _config(model: str, npz) -> ml_collections.ConfigDict:
-  config = baseline.get_config(f'{model},tiktok')
-  config.data_npz = str(npz)
-  config.data_source = ''
-  return config
+_config = conftest.baseline_config
 
 
 def _built(name: str, npz, **overrides):
-  dataset = data_lib.load_dataset(npz)
-  config = _config(name, npz)
-  for key, value in overrides.items():
-    config[key] = value
-  family = registry.get(name)
-  hp = family.make_hparams(config, spmm_kernel=KERNEL)
-  model = family.create_model(config, dataset)
-  data = data_lib.to_device(dataset, config.knn_k)
-  return dataset, hp, model, data
+  """(dataset, hp, model, data) of model `name` on `npz`."""
+  b = conftest.build_baseline(name, npz, **overrides)
+  return b.dataset, b.hp, b.model, b.data
 
 
 def _one_batch(dataset, batch_size=32, seed=0):

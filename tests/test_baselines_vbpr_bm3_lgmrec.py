@@ -3,13 +3,12 @@ their gradients against finite differences, and short training runs."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from flax import nnx
 
-from configs import baseline
+import conftest
 from mentor_jax import data as data_lib
 from mentor_jax import registry
 from mentor_jax import report
@@ -22,24 +21,13 @@ from mentor_jax.ops import infonce
 KERNEL = train.resolve_kernel('auto')
 
 
-def _config(model: str, npz) -> ml_collections.ConfigDict:
-  config = baseline.get_config(f'{model},tiktok')
-  config.data_npz = str(npz)
-  config.data_source = ''
-  return config
+_config = conftest.baseline_config
 
 
 def _built(name: str, npz, **overrides):
   """(dataset, hp, model, data) of model `name` on `npz`."""
-  dataset = data_lib.load_dataset(npz)
-  config = _config(name, npz)
-  for key, value in overrides.items():
-    config[key] = value
-  family = registry.get(name)
-  hp = family.make_hparams(config, spmm_kernel=KERNEL)
-  model = family.create_model(config, dataset)
-  data = data_lib.to_device(dataset, config.knn_k)
-  return dataset, hp, model, data
+  b = conftest.build_baseline(name, npz, **overrides)
+  return b.dataset, b.hp, b.model, b.data
 
 
 def _batch(dataset, batch_size=32, seed=0, repeat_user=True):
