@@ -143,10 +143,22 @@ TRAINER: dict[str, Spec] = {
     'knn_k': integer(1),
     # Optimizer and schedule.
     'learning_rate': POSITIVE,
+    # MMRec's [factor, every]: learning_rate * factor ** (epoch / every).
+    'learning_rate_scheduler': Spec(
+        'a pair (factor, every) of finite numbers > 0',
+        lambda x: isinstance(x, (tuple, list)) and len(x) == 2
+        and all(_is_real(v) and v > 0 for v in x)),
     'train_batch_size': integer(1),
     'epochs': integer(1),
     'stopping_step': integer(0),
     'seed': integer(0, 2**31 - 1),
+    # Stacked runs (stack.py): several seeds and a sweep of traced values.
+    'seeds': Spec('a tuple of distinct ints in [0, 2**31 - 1] (empty: one '
+                  'run with config.seed)',
+                  lambda x: isinstance(x, (tuple, list)) and all(
+                      _is_int(v) and 0 <= v < 2**31 for v in x)
+                  and len(set(x)) == len(x)),
+    'sweep': text(),
     # Evaluation.
     'valid_metric': text(nonempty=True),  # Checked against topk below.
     'topk': int_tuple(1),

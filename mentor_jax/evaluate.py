@@ -2,6 +2,7 @@
 
   python -m mentor_jax.evaluate --workdir runs/small --json-out eval.json
   python -m mentor_jax.evaluate --checkpoint runs/small/checkpoints/best/12
+  python -m mentor_jax.evaluate --workdir runs/seeds --run 2   # a stack's run
 
 The model is rebuilt from the config stored in the checkpoint and only the
 arrays evaluation needs are restored (no optimizer state), onto this
@@ -35,6 +36,7 @@ from mentor_jax import datasets
 from mentor_jax import errors
 from mentor_jax import metrics as metrics_lib
 from mentor_jax import registry
+from mentor_jax import stack
 from mentor_jax import train
 from mentor_jax import workdir as workdir_lib
 
@@ -115,6 +117,11 @@ def _load_step(directory: pathlib.Path, step: int, data_npz: str | None,
                with_scores: bool) -> Restored:
   manager = checkpointing.read_only_manager(directory)
   meta = checkpointing.read_meta(manager, step)
+  if 'stack' in meta:
+    raise checkpointing.CheckpointMismatchError(
+        f'{directory / str(step)} holds the stacked state of '
+        f'{len(meta["stack"])} runs (for resuming); evaluate one run with '
+        '--workdir WORKDIR --run K, which reads its best checkpoint.')
   config = ml_collections.ConfigDict(meta['config'])
   config.data_npz = data_npz or _find_npz(config, meta)
   dataset = data_lib.load_dataset(config.data_npz)
@@ -200,6 +207,9 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
   where = parser.add_mutually_exclusive_group(required=True)
   where.add_argument('--workdir', help='training workdir: its best checkpoint')
   where.add_argument('--checkpoint', help='a checkpoint manager or step dir')
+  parser.add_argument('--run', type=int,
+                      help='run K of a stacked workdir (config.seeds / '
+                      'config.sweep): its best checkpoint')
   parser.add_argument('--data-npz', help='dataset .npz (default: training\'s)')
   parser.add_argument('--embeddings', default='auto',
                       choices=('auto', 'saved', 'recompute'))
@@ -207,6 +217,15 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
                       help='replace an existing output file')
   parser.add_argument('--debug', action='store_true',
                       help='show the traceback of an error')
+
+
+def checkpoint_path(args: argparse.Namespace) -> pathlib.Path:
+  """What --workdir / --checkpoint and --run name."""
+  if args.checkpoint:
+    if args.run is not None:
+      raise errors.ConfigError('--run goes with --workdir, not --checkpoint')
+    return pathlib.Path(args.checkpoint)
+  return stack.run_dir(args.workdir, args.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   def run() -> int:
     if args.json_out:
       workdir_lib.check_output(args.json_out, overwrite=args.overwrite)
-    restored = load(args.workdir or args.checkpoint, data_npz=args.data_npz,
+    restored = load(checkpoint_path(args), data_npz=args.data_npz,
                     with_scores=args.embeddings != 'recompute')
     result = evaluate(restored, args.embeddings)
     print(f'{result["checkpoint"]} (epoch {result["epoch"]}, '

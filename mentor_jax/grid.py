@@ -4,8 +4,12 @@
       [--grid mask_weight_g=1e-4,1e-3 --grid temp=0.2,0.4,0.6]
 
 Without --grid the grid is `config.grid` (the shipped MENTOR grid:
-mask_weight_g in {1e-4, 1e-3} x temp in {0.2, 0.4, 0.6}). Each cell runs
-`train.train_and_evaluate` in its own subdirectory; `grid_summary.json` and
+mask_weight_g in {1e-4, 1e-3} x temp in {0.2, 0.4, 0.6}). Cells that differ
+only in settings the model can sweep as traced values train as one stacked
+program (`stack.py`; the shipped grid is one stack of 6 runs, times
+`config.seeds`); other settings make one stack per value (`stack_groups`).
+`--nostack` runs `train.train_and_evaluate` per cell in its own
+subdirectory instead. `grid_summary.json` and
 `grid_summary.md` list every cell's valid-selected test metrics (test at the
 epoch of best validation), the cell picked by validation (the clean
 protocol), and the cell the official `quick_start` would report: the
@@ -24,9 +28,13 @@ from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
+import numpy as np
 
 # Importing train defines the --config and --workdir flags this CLI shares.
+from mentor_jax import console
 from mentor_jax import errors
+from mentor_jax import registry
+from mentor_jax import stack
 from mentor_jax import train
 from mentor_jax import workdir as workdir_lib
 
@@ -85,18 +93,73 @@ def cell_name(cell: dict[str, Any]) -> str:
   return '_'.join(f'{k}={v}' for k, v in cell.items()) or 'default'
 
 
+def stack_groups(config: ml_collections.ConfigDict,
+                 grid: dict[str, list[Any]]
+                 ) -> list[tuple[dict[str, Any], dict[str, list[Any]]]]:
+  """The grid as stacks: [(static cell, {swept key: values})].
+
+  A key the model can sweep (`stack.sweepable`) is stacked; any other key
+  (shapes, code, the model) makes one group per value. A gated weight
+  (`ModelFamily.gated`) is stacked over its non-zero values, and 0, which
+  removes its term, gets a group of its own. Each group is a product of its
+  swept values, so the groups cover the grid's cells exactly once.
+  """
+  if 'model' in grid:
+    raise errors.ConfigError(
+        'a grid over config.model cannot be stacked (each model has its own '
+        'sweepable settings): run one grid per model, or pass --nostack')
+  family = registry.get(config.model)
+  swept_keys = [k for k in grid if k in stack.sweepable(family)]
+  static_keys = [k for k in grid if k not in swept_keys]
+  # Gated keys: a zero / non-zero part each.
+  parts = []
+  for k in swept_keys:
+    values = grid[k]
+    if k in family.gated:
+      zero = [v for v in values if v == 0]
+      nonzero = [v for v in values if v != 0]
+      parts.append([p for p in (zero, nonzero) if p])
+    else:
+      parts.append([values])
+  groups = []
+  for static in cells({k: grid[k] for k in static_keys}):
+    for choice in itertools.product(*parts):
+      fixed = {k: v[0] for k, v in zip(swept_keys, choice) if len(v) == 1}
+      swept = {k: v for k, v in zip(swept_keys, choice) if len(v) > 1}
+      groups.append((dict(static, **fixed), swept))
+  return groups
+
+
+def _with(config: ml_collections.ConfigDict,
+          values: dict[str, Any]) -> ml_collections.ConfigDict:
+  out = ml_collections.ConfigDict(config.to_dict())
+  for key, value in values.items():
+    out[key] = value
+  return out
+
+
+def sweep_text(swept: dict[str, list[Any]]) -> str:
+  """{'a': [1, 2]} -> 'a=1,2' (`config.sweep`)."""
+  return ';'.join(f'{k}={",".join(repr(float(v)) for v in vs)}'
+                  for k, vs in swept.items())
+
+
 def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
              grid: dict[str, list[Any]] | None = None,
-             train_fn: Callable[..., dict[str, Any]] | None = None
-             ) -> dict[str, Any]:
+             train_fn: Callable[..., dict[str, Any]] | None = None,
+             stacked: bool = False) -> dict[str, Any]:
   """Runs every cell and writes the summary.
 
   Args:
     config: the base config; each cell overrides its grid keys on a copy.
-    workdir: cells go to <workdir>/<cell_name>.
+    workdir: cells go to <workdir>/<cell_name>; with `stacked`, each stack
+      to <workdir>/<its static cell's name>, one run per cell (and seed).
     grid: {key: values}; None uses `config.grid`.
     train_fn: (config, workdir) -> result dict as `train.train_and_evaluate`
       (the default).
+    stacked: train the cells that differ only in sweepable values as one
+      stack (`stack_groups`); with `config.seeds`, a cell's row holds the
+      mean over its seeds.
 
   Returns:
     The summary (also written as grid_summary.json / .md).
@@ -109,25 +172,32 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   metric = config.valid_metric
   # Every cell is checked before the first one trains: a bad value in the
   # last cell must not cost the time of all the others.
-  configs = []
-  for cell in cells(grid):
-    cell_config = ml_collections.ConfigDict(config.to_dict())
-    for key, value in cell.items():
-      cell_config[key] = value
-    train.check_config(cell_config)
-    configs.append((cell, cell_config))
-  if not configs:
+  jobs = []  # (name, config, static cell)
+  if stacked:
+    for static, swept in stack_groups(config, grid):
+      job = _with(config, static)
+      job.sweep = sweep_text(swept)
+      train.check_config(job)
+      jobs.append((cell_name(static) if static else 'stack', job, static))
+  else:
+    for cell in cells(grid):
+      job = _with(config, cell)
+      train.check_config(job)
+      jobs.append((cell_name(cell), job, cell))
+  if not jobs:
     raise errors.ConfigError('the grid has no cells: give --grid key=v1,v2 '
                              'or set config.grid')
   rows = []
-  for cell, cell_config in configs:
-    name = cell_name(cell)
-    logging.info('grid cell %s', name)
-    result = train_fn(cell_config, workdir / name)
-    rows.append({'cell': cell, 'name': name,
-                 'best_epoch': result['best_epoch'],
-                 'epochs_run': result.get('epochs_run'),
-                 'valid': result['valid'], 'test': result['test']})
+  for name, job, static in jobs:
+    logging.info('grid %s %s', 'stack' if stacked else 'cell', name)
+    result = train_fn(job, workdir / name)
+    if 'runs' not in result:
+      rows.append({'cell': static, 'name': name,
+                   'best_epoch': result['best_epoch'],
+                   'epochs_run': result.get('epochs_run'),
+                   'valid': result['valid'], 'test': result['test']})
+      continue
+    rows.extend(_rows_of_stack(result, static, key_order=list(grid)))
   by_valid = max(range(len(rows)), key=lambda j: rows[j]['valid'][metric])
   by_test = max(range(len(rows)), key=lambda j: rows[j]['test'][metric])
   summary = {'grid': grid, 'valid_metric': metric, 'cells': rows,
@@ -138,6 +208,31 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   workdir_lib.write_text_atomic(workdir / 'grid_summary.md',
                                 format_markdown(summary, by_valid, by_test))
   return summary
+
+
+def _rows_of_stack(result: dict[str, Any], static: dict[str, Any],
+                   key_order: list[str]) -> list[dict[str, Any]]:
+  """One row per cell of a stack: its seeds' runs averaged."""
+  by_cell: dict[str, list[dict[str, Any]]] = {}
+  cell_of = {}
+  for run in result['runs']:
+    cell = dict(static, **run['overrides'])
+    cell = {k: cell[k] for k in key_order if k in cell}
+    name = cell_name(cell)
+    by_cell.setdefault(name, []).append(run)
+    cell_of[name] = cell
+  rows = []
+  for name, runs in by_cell.items():
+    mean = lambda split, runs=runs: {
+        m: float(np.mean([r[split][m] for r in runs]))
+        for m in runs[0][split]}
+    rows.append({'cell': cell_of[name], 'name': name,
+                 'best_epoch': [r['best_epoch'] for r in runs],
+                 'epochs_run': [r['epochs_run'] for r in runs],
+                 'seeds': [r['seed'] for r in runs],
+                 'runs': [r['run'] for r in runs],
+                 'valid': mean('valid'), 'test': mean('test')})
+  return rows
 
 
 def format_markdown(summary: dict[str, Any], by_valid: int,
@@ -166,6 +261,10 @@ def format_markdown(summary: dict[str, Any], by_valid: int,
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string('grid', [], 'key=v1,v2,... (repeatable); default: '
                           'config.grid.')
+flags.DEFINE_bool('stack', True, 'Train the cells that differ only in '
+                  'sweepable values (and config.seeds) as one stacked '
+                  'program (mentor_jax/stack.py); --nostack runs each cell '
+                  'on its own.')
 
 
 def main(argv):
@@ -175,7 +274,8 @@ def main(argv):
   def run() -> int:
     grid = parse_grid(FLAGS.grid, config) if FLAGS.grid else None
     summary = run_grid(config,
-                       FLAGS.workdir or f'runs/grid_{config.dataset}', grid)
+                       FLAGS.workdir or f'runs/grid_{config.dataset}', grid,
+                       stacked=FLAGS.stack)
     names = [c['name'] for c in summary['cells']]
     print(format_markdown(summary, names.index(summary['selected_by_valid']),
                           names.index(summary['selected_by_test'])))
@@ -184,6 +284,16 @@ def main(argv):
   sys.exit(errors.run_cli(run, debug=FLAGS.debug))
 
 
-if __name__ == '__main__':
+def cli() -> None:
+  """`mentor-grid` and `python -m mentor_jax.grid`."""
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+
+  def main_with_console(argv):
+    console.setup_logging()
+    return main(argv)
+
+  app.run(main_with_console, argv=console.resolve_config_arg(sys.argv))
+
+
+if __name__ == '__main__':
+  cli()

@@ -262,13 +262,39 @@ def evaluate_embeddings(
     {'recall@K', 'ndcg@K', 'precision@K': float} for each K, unrounded
     (NaN if no user has ground truth).
   """
+  per_user = per_user_metrics(user_emb, item_emb, eval_indptr, eval_items,
+                              mask_indptr, mask_items, ks=ks,
+                              chunk_size=chunk_size, precision=precision)
+  users = per_user.pop('users')
+  if users.size == 0:
+    return {key: float('nan') for key in per_user}
+  return {key: float(np.mean(v)) for key, v in per_user.items()}
+
+
+def per_user_metrics(
+    user_emb: Array,
+    item_emb: Array,
+    eval_indptr: np.ndarray,
+    eval_items: np.ndarray,
+    mask_indptr: np.ndarray,
+    mask_items: np.ndarray,
+    *,
+    ks: Sequence[int] = (5, 10, 20, 50),
+    chunk_size: int = 1024,
+    precision: jax.lax.PrecisionLike = 'highest',
+) -> dict[str, np.ndarray]:
+  """`evaluate_embeddings` before the mean over users (for paired tests).
+
+  Returns:
+    {'users': int64 [n] (ascending, those with ground truth), and
+    'recall@K', 'ndcg@K', 'precision@K': float64 [n] for each K}.
+  """
   ranked = rank_users(user_emb, item_emb, eval_indptr, eval_items,
                       mask_indptr, mask_items, k=max(ks),
                       chunk_size=chunk_size, precision=precision)
-  per_user = topk_metrics(ranked.hits, ranked.n_gt, ks)
-  if ranked.users.size == 0:
-    return {key: float('nan') for key in per_user}
-  return {key: float(np.mean(v)) for key, v in per_user.items()}
+  out = {'users': np.asarray(ranked.users, np.int64)}
+  out.update(topk_metrics(ranked.hits, ranked.n_gt, ks))
+  return out
 
 
 def _pairs(indptr: np.ndarray, items: np.ndarray) -> tuple[np.ndarray,

@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   def run() -> int:
     check_out_path(args.out, args.overwrite)
-    restored = evaluate_lib.load(args.workdir or args.checkpoint,
+    restored = evaluate_lib.load(evaluate_lib.checkpoint_path(args),
                                  data_npz=args.data_npz,
                                  with_scores=args.embeddings != 'recompute')
     spec = (args.users if args.users is not None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import io
 import json
 import pathlib
 import signal
@@ -63,9 +64,18 @@ class TrainState(NamedTuple):
 
 def create_optimizer(hp: family_lib.TrainHparams
                      ) -> optax.GradientTransformation:
-  # Adam with a constant learning rate: the upstream scheduler multiplies by
-  # 1.0 ** (epoch / 50), and weight decay is 0.
-  return optax.adam(hp.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
+  """Adam as MMRec's trainer: weight decay 0, its learning-rate schedule.
+
+  A constant rate (factor 1, the default of overall.yaml) keeps optax's
+  plain Adam state; a decaying one adds the step count the schedule reads.
+  """
+  if hp.lr_decay == 1.0:
+    return optax.adam(hp.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
+
+  def learning_rate(count):
+    epoch = (count // hp.steps_per_epoch).astype(jnp.float32)
+    return hp.learning_rate * hp.lr_decay ** (epoch / hp.lr_decay_every)
+  return optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
 
 
 def init_state(model: nnx.Module, hp: family_lib.TrainHparams,
@@ -77,13 +87,10 @@ def init_state(model: nnx.Module, hp: family_lib.TrainHparams,
   return graphdef, rest, state
 
 
-@functools.partial(jax.jit,
-                   static_argnames=('graphdef', 'family', 'hp', 'progress'),
-                   donate_argnames=('state',))
-def train_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
-                graphdef: nnx.GraphDef, family: family_lib.ModelFamily,
-                hp: family_lib.TrainHparams, progress: bool = True):
-  """One epoch of training as a single compiled program.
+def epoch_program(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
+                  graphdef: nnx.GraphDef, family: family_lib.ModelFamily,
+                  hp: family_lib.TrainHparams, progress: bool = True):
+  """One epoch of training: `train_epoch` before jit (stack.py vmaps it).
 
   With `progress`, every step tells the host it is done (`progress.py`);
   that callback reads only the step index, so results are the same bits.
@@ -100,17 +107,15 @@ def train_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
   batches = mesh_lib.constrain_batch(batches)  # No-op on one device.
   data = family.epoch_setup(data, setup_key, hp)
   tx = create_optimizer(hp)
-
-  def loss_fn(params, batch, step_key):
-    model = nnx.merge(graphdef, params, rest)
-    return family.loss(model, data, batch, step_key, hp)
+  loss_fn = first_step_aware_loss(family, graphdef, rest, data, hp,
+                                  state.params)
 
   def one_step(carry, xs):
     params, opt_state, _ = carry
     batch, index = xs
     step_key = jax.random.fold_in(steps_key, index)
     (_, (parts, scores)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params, batch, step_key)
+        loss_fn, has_aux=True)(params, batch, step_key, index)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     if progress:
@@ -120,13 +125,49 @@ def train_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
   n_steps = batches.users.shape[0]
   # The carry needs the embeddings' shapes before the first step runs.
   shapes = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(
-      lambda x: x[0], batches), steps_key)[1][1])
+      lambda x: x[0], batches), steps_key, 0)[1][1])
   empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   (params, opt_state, scores), parts = jax.lax.scan(
       one_step, (state.params, state.opt_state, empty),
       (batches, jnp.arange(n_steps)))
   new_state = TrainState(params, opt_state, key, state.step + n_steps)
   return new_state, parts, scores
+
+
+# One epoch of training as a single compiled program (`epoch_program`).
+train_epoch = functools.partial(
+    jax.jit, static_argnames=('graphdef', 'family', 'hp', 'progress'),
+    donate_argnames=('state',))(epoch_program)
+
+
+def first_step_aware_loss(family: family_lib.ModelFamily,
+                          graphdef: nnx.GraphDef, rest: Any,
+                          data: data_lib.DeviceData,
+                          hp: family_lib.TrainHparams, start_params: Any):
+  """(params, batch, key, step index) -> the family's LossOutput.
+
+  A family with `loss_after_first_step` gets MMRec's schedule: `loss` in
+  the epoch's first step, the cheaper loss on what `epoch_state` built
+  from the epoch's starting parameters in the others (one `lax.cond`).
+  """
+  def plain(params, batch, step_key):
+    return family.loss(nnx.merge(graphdef, params, rest), data, batch,
+                       step_key, hp)
+
+  if family.loss_after_first_step is None:
+    return lambda params, batch, step_key, index: plain(params, batch,
+                                                        step_key)
+  epoch_state = family.epoch_state(
+      nnx.merge(graphdef, start_params, rest), data, hp)
+
+  def later(params, batch, step_key):
+    return family.loss_after_first_step(
+        nnx.merge(graphdef, params, rest), data, batch, step_key, hp,
+        epoch_state)
+
+  def loss_fn(params, batch, step_key, index):
+    return jax.lax.cond(index == 0, plain, later, params, batch, step_key)
+  return loss_fn
 
 
 @functools.partial(jax.jit, static_argnames=('graphdef', 'family', 'hp'))
@@ -152,6 +193,26 @@ class Evaluator:
     return metrics_lib.evaluate_splits(
         user_emb, item_emb, self._splits, *self._train, ks=self._ks,
         chunk_size=self._chunk)
+
+  def per_user(self, user_emb, item_emb, split: str
+               ) -> dict[str, np.ndarray]:
+    """Per-user metrics of `split` (`metrics.per_user_metrics`)."""
+    return metrics_lib.per_user_metrics(
+        user_emb, item_emb, *self._splits[split], *self._train, ks=self._ks,
+        chunk_size=self._chunk)
+
+
+PER_USER_FILE = 'per_user_test.npz'
+
+
+def save_per_user_test(path: pathlib.Path, evaluator: Evaluator, user_emb,
+                       item_emb) -> None:
+  """The best epoch's per-user test metrics, for paired significance tests
+  (report --compare); written atomically, as every file of a workdir."""
+  arrays = evaluator.per_user(user_emb, item_emb, 'test')
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  workdir_lib.write_bytes_atomic(path, buffer.getvalue())
 
 
 class EarlyStopping:
@@ -225,7 +286,9 @@ def make_hparams(family: family_lib.ModelFamily,
   """`family`'s static settings for `config`, derived values filled in."""
   return family.make_hparams(
       config, spmm_kernel=resolve_kernel(config.spmm_kernel),
-      max_row_len=data_lib.max_row_length(dataset.split('train')[0]))
+      max_row_len=data_lib.max_row_length(dataset.split('train')[0]),
+      steps_per_epoch=data_lib.steps_per_epoch(dataset.n_train,
+                                               config.train_batch_size))
 
 
 class Setup(NamedTuple):
@@ -253,6 +316,11 @@ def setup(config: ml_collections.ConfigDict,
   dataset.release_device_only()  # Their device copies are in `data`.
   graphdef, rest, state = init_state(model, hp, config.seed)
   return Setup(family, hp, data, graphdef, rest, state)
+
+
+def stack_requested(config: ml_collections.ConfigDict) -> bool:
+  """Several runs in one program: `config.seeds` or `config.sweep` set."""
+  return bool(config.get('seeds')) or bool(config.get('sweep'))
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -353,13 +421,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                   runner: distributed.Runner) -> dict[str, Any]:
   """`train_and_evaluate` once the config is valid and the workdir ours."""
+  if stack_requested(config):
+    # stack.py builds on this module; imported here, not at the top.
+    from mentor_jax import stack  # pylint: disable=g-import-not-at-top
+    return stack.train_locked(config, workdir, runner)
   dataset = datasets.load_for_config(config)
   family, hp, data, graphdef, rest, state = setup(config, dataset)
   # Scale-out: global arrays on the mesh, the epoch and the evaluation with
   # explicit shardings; all identities on one device in one process.
   state, rest, data = runner.place(state, rest, data)
   run_scores = runner.wrap_scores(clean_scores)
-  evaluator = runner.evaluator(dataset, config, Evaluator(dataset, config))
+  evaluator_local = Evaluator(dataset, config)
+  evaluator = runner.evaluator(dataset, config, evaluator_local)
   writer = MetricWriter(workdir)
   stopper = EarlyStopping(config.stopping_step)
   n_steps = data_lib.steps_per_epoch(dataset.n_train, hp.batch_size)
@@ -464,6 +537,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
         # The ranked embeddings too: 'last_step' ones are not a function of
         # the saved params (checkpointing.py), and evaluate must be exact.
         ckpt.save_best(epoch, state.params, scores, meta)
+        if distributed.is_chief():
+          save_per_user_test(workdir / PER_USER_FILE, evaluator_local,
+                             *scores)
       steps_per_s = n_steps / train_time
       eta = np.median(epoch_times) * (config.epochs - epoch - 1)
       record = {'epoch': epoch, 'step': int(state.step), 'loss': losses,
@@ -503,10 +579,14 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    'config', None, 'Path to a config file (configs/*.py).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for logs and checkpoints.')
-flags.DEFINE_bool('debug', False, 'Show the traceback of an error.')
+# Defined once per process: `python -m mentor_jax.train` runs this file as
+# __main__ and then imports it as mentor_jax.train (below, and stack.py).
+if 'config' not in FLAGS:
+  config_flags.DEFINE_config_file(
+      'config', None, 'Path to a config file (configs/*.py).',
+      lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for logs and checkpoints.')
+  flags.DEFINE_bool('debug', False, 'Show the traceback of an error.')
 
 
 def main(argv):
@@ -543,4 +623,7 @@ def cli() -> None:
 
 
 if __name__ == '__main__':
-  cli()
+  # Run the package's copy of this module, the one stack.py imports, so
+  # that one set of functions (and jit caches) serves the whole run.
+  from mentor_jax import train as package_train  # pylint: disable=g-import-not-at-top
+  package_train.cli()

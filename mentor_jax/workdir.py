@@ -84,11 +84,16 @@ def write_text_atomic(path: str | pathlib.Path, text: str) -> None:
   Raises:
     StorageError: the disk is full; nothing is left behind.
   """
+  write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: str | pathlib.Path, content: bytes) -> None:
+  """`write_text_atomic` for bytes (e.g. an .npz built in memory)."""
   path = pathlib.Path(path)
   tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
   try:
-    with open(tmp, 'w') as f:
-      f.write(text)
+    with open(tmp, 'wb') as f:
+      f.write(content)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)

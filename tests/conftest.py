@@ -126,8 +126,7 @@ def build_baseline(name: str, npz: Path, **overrides) -> BuiltBaseline:
   for key, value in overrides.items():
     config[key] = value
   family = registry.get(name)
-  hp = family.make_hparams(config,
-                           spmm_kernel=train.resolve_kernel('auto'))
+  hp = train.make_hparams(family, config, dataset)
   model = family.create_model(config, dataset)
   data = data_lib.to_device(dataset, config.knn_k)
   return BuiltBaseline(dataset, config, family, hp, model, data)

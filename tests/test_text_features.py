@@ -165,6 +165,7 @@ def test_ml100k_text_features_match_shared(ml100k, shared_data):
   assert cos.min() >= 0.999, cos.min()
 
 
+@pytest.mark.slow  # ~1 min; `python -m pytest -m slow`
 def test_ml100k_end_to_end_mentor_and_lightgcn(ml100k, tmp_path):
   """Imported, text features, converted, trained: MENTOR and LightGCN.
 

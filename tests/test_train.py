@@ -26,6 +26,7 @@ def tiktok_slice(shared_data, tmp_path_factory):
       shared_data, tmp_path_factory.mktemp('tiktok_slice'), 1200)
 
 
+@pytest.mark.slow  # ~5 min on 2 cores; `python -m pytest -m slow`
 def test_training_beats_popularity_on_real_tiktok(tiktok_slice, tmp_path):
   config = tiny.get_config()
   config.data_npz = str(tiktok_slice)

@@ -2,7 +2,7 @@
 
 Started by `run_reference.py` with the torch interpreter, in a fresh process
 per workload; prints one `BENCH_RESULT <json>` line. Nothing in the checkout
-is modified. In this process only:
+is modified. In this process only (the shared shims are in torch_shims.py):
 
 * `torch.Tensor.cuda` becomes a no-op when CUDA is absent: the perturbed GCN
   branch calls `.cuda()` unconditionally (MENTOR_SPEC §0.1 item 11), which is
@@ -33,12 +33,10 @@ reserved peak), over the whole process.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import pathlib
 import sys
 import time
-import types
 
 _T_START = time.perf_counter()
 
@@ -48,41 +46,12 @@ _T_START = time.perf_counter()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from bench import common  # pylint: disable=g-import-not-at-top
+from bench.reference import torch_shims  # pylint: disable=g-import-not-at-top
 
 # The first cell of the shipped grid (MENTOR.yaml, MENTOR_SPEC §3).
 FIRST_CELL = {'learning_rate': 1e-4, 'reg_weight': 1e-3, 'dropout': 0.5,
               'mask_weight_f': 1.5, 'mask_weight_g': 1e-4,
               'align_weight': 0.1, 'temp': 0.2, 'seed': 999}
-
-
-def _stub_unused_modules() -> None:
-  """Empty modules for imports that the timed path never calls."""
-  stubs = {
-      'lmdb': [],
-      'torchvision': ['transforms'],
-      'torchvision.transforms': ['functional'],
-      'torchvision.transforms.functional': ['pad', 'resize'],
-      'matplotlib': ['pyplot'],
-      'matplotlib.pyplot': [],
-  }
-  missing = set()
-  for root in {name.split('.')[0] for name in stubs}:
-    try:
-      importlib.import_module(root)  # really installed: use it
-    except ImportError:
-      missing.add(root)
-  for name in stubs:
-    if name.split('.')[0] in missing and name not in sys.modules:
-      stub = types.ModuleType(name)
-      stub.__path__ = []  # a package, so that `import a.b` resolves
-      sys.modules[name] = stub
-  for name, attrs in stubs.items():
-    mod = sys.modules.get(name)
-    if mod is None or getattr(mod, '__file__', None):
-      continue
-    for attr in attrs:
-      full = f'{name}.{attr}'
-      setattr(mod, attr, sys.modules.get(full, lambda *a, **k: None))
 
 
 def _unregister_result_embeds(model) -> None:
@@ -112,16 +81,12 @@ def run(args: argparse.Namespace) -> dict:
                             'must be a clone of Jinfeng-Xu/MENTOR')
   on_gpu = torch.cuda.is_available() and not args.cpu
   if not on_gpu:
-    torch.Tensor.cuda = lambda self, *a, **k: self  # see module docstring
+    torch_shims.make_cuda_a_noop()  # see module docstring
   if args.threads:
     torch.set_num_threads(args.threads)
-  _stub_unused_modules()
-  # The official metrics use `np.float` (removed in numpy 1.24); the aliases
-  # meant the builtins, so restoring them changes nothing else.
-  for alias, builtin in (('float', float), ('int', int), ('bool', bool),
-                         ('object', object)):
-    if alias not in np.__dict__:
-      setattr(np, alias, builtin)
+  # The shims of the module docstring (bench/reference/torch_shims.py).
+  torch_shims.stub_unused_modules()
+  torch_shims.restore_numpy_aliases()
   # The official Config reads ./configs relative to the working directory.
   os.chdir(src)
   sys.path.insert(0, str(src))

@@ -88,10 +88,18 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Optimizer and schedule (overall.yaml).
   config.learning_rate = 1e-4
+  # [factor, every]: epoch e trains with learning_rate * factor**(e / every);
+  # overall.yaml's [1.0, 50] is a constant rate.
+  config.learning_rate_scheduler = (1.0, 50)
   config.train_batch_size = 2048
   config.epochs = 1000
   config.stopping_step = 20
   config.seed = 999
+  # Several runs as one compiled program (mentor_jax/stack.py): seeds, e.g.
+  # (0, 1, 2), and a sweep of continuous settings, e.g.
+  # 'mask_weight_g=1e-4,1e-3;temp=0.2,0.4' (the product, times the seeds).
+  config.seeds = ()
+  config.sweep = ''
 
   # Evaluation (overall.yaml). Model selection on valid Recall@10; metrics
   # are rounded to 4 decimals before the comparison, as MMRec does.

@@ -45,9 +45,9 @@ the cell with the best test Recall@20; no search is done here):
 * lattice (LATTICE.yaml: knn_k 10, lambda_coeff 0.9, n_layers 1,
   weight_size [64, 64] -> n_ui_layers 2, feat_embed_dim 64, cf_model
   lightgcn; reg_weight in {0, 1e-5, 1e-4, 1e-3}, learning_rate in
-  {1e-4, 5e-4, 1e-3, 5e-3}): reg_weight 1e-4, lr 1e-3. Its
-  learning_rate_scheduler [0.96, 50] is not applied (the trainer's Adam
-  has a constant rate).
+  {1e-4, 5e-4, 1e-3, 5e-3}): reg_weight 1e-4, lr 1e-3, and its
+  learning_rate_scheduler [0.96, 50]. The item graph is built in each
+  epoch's first step (with gradient) and reused, detached, in the others.
 
 Override any of them, e.g. --config.reg_weight=1e-2.
 """
@@ -81,7 +81,8 @@ _MODEL_SETTINGS = {
     'mmgcn': dict(reg_weight=1e-3, eval_embeddings='last_step'),
     'lattice': dict(reg_weight=1e-4, knn_k=10, lambda_coeff=0.9, n_layers=1,
                     n_ui_layers=2, feat_embed_dim=64,
-                    graph_block_size=1024),
+                    graph_block_size=1024,
+                    learning_rate_scheduler=(0.96, 50)),
 }
 
 

@@ -98,7 +98,7 @@ def dropout_rows(key: jax.Array, x: jax.Array, ids: jax.Array,
   Row i's mask comes from fold_in(key, i): the same for every occurrence
   of i, independent across ids, as one mask over the whole table would be.
   """
-  if rate <= 0.0:
+  if not family.is_on(rate):  # rate 0: no dropout (a static branch)
     return x
   keep = jax.vmap(lambda i: jax.random.bernoulli(
       jax.random.fold_in(key, i), 1.0 - rate, x.shape[1:]))(ids)
@@ -162,6 +162,8 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> BM3:
 
 BM3_FAMILY = family.ModelFamily(
     name='bm3', create_model=create_model,
+    sweepable=frozenset({'reg_weight', 'cl_weight', 'dropout'}),
+    gated=frozenset({'dropout'}),
     make_hparams=Hparams.from_config, loss=loss, score=score,
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1), n_layers=spec.integer(0),

@@ -182,6 +182,7 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> Freedom:
 
 FREEDOM_FAMILY = family.ModelFamily(
     name='freedom', create_model=create_model,
+    sweepable=frozenset({'reg_weight', 'mm_image_weight'}),
     make_hparams=Hparams.from_config, loss=loss, score=score,
     epoch_setup=epoch_setup,
     config_spec=family.spec_from_hparams(

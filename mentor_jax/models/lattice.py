@@ -18,15 +18,13 @@
 * Loss: -mean ln σ(pos - neg) + reg_weight * (|u|² + |p|² + |n|²) / 2
   / train_batch_size (the configured size, also for a short last batch) on
   the propagated rows.
-* When the graph is built: MMRec builds G in the first batch of each epoch
+* When the graph is built: as MMRec, in the first batch of each epoch
   (`build_item_graph`, with gradient into the projections, feature tables
-  and modal weights through the kept similarity values) and reuses it,
-  detached, for the rest of the epoch; scoring rebuilds it with the current
-  parameters. The shared trainer gives the loss neither the epoch's
-  starting parameters nor the step index, so `loss` here rebuilds G in
-  every step, with gradient (the paper's reading, see docs/paper_vs_code.md);
-  `epoch_graph` and `loss_with_graph` are the two pieces a per-epoch hook
-  needs to run MMRec's schedule exactly.
+  and modal weights through the kept similarity values), then reused,
+  detached, for the rest of the epoch: the trainer runs `loss` in an
+  epoch's first step and `loss_after_first_step` on `epoch_state` in the
+  others (`ModelFamily.epoch_state`). Scoring rebuilds G with the current
+  parameters.
 """
 
 from __future__ import annotations
@@ -228,10 +226,7 @@ def loss_with_graph(model: Lattice, data: data_lib.DeviceData,
 
 def loss(model: Lattice, data: data_lib.DeviceData, batch: data_lib.Batches,
          key: jax.Array, hp: Hparams) -> family.LossOutput:
-  """MMRec's first-batch loss: G built now, with gradient through it.
-
-  The shared trainer runs this in every step (see the module docstring).
-  """
+  """MMRec's first-batch loss: G built now, with gradient through it."""
   del key
   return loss_with_graph(model, data, batch, hp, epoch_graph(model, hp),
                          value_grad=True)
@@ -239,9 +234,8 @@ def loss(model: Lattice, data: data_lib.DeviceData, batch: data_lib.Batches,
 
 def epoch_state(model: Lattice, data: data_lib.DeviceData,
                 hp: Hparams) -> tuple[jax.Array, jax.Array]:
-  """G from the epoch's starting parameters, detached: for a trainer hook
-  that runs `loss` in an epoch's first step and `loss_after_first_step`
-  in the others (MMRec's `build_item_graph` schedule)."""
+  """G from the epoch's starting parameters, detached: the graph the
+  first step builds, which the later steps of the epoch reuse."""
   del data
   return jax.lax.stop_gradient(epoch_graph(model, hp))
 
@@ -281,7 +275,9 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> Lattice:
 
 LATTICE_FAMILY = family.ModelFamily(
     name='lattice', create_model=create_model,
+    sweepable=frozenset({'reg_weight', 'lambda_coeff'}),
     make_hparams=Hparams.from_config, loss=loss, score=score,
+    epoch_state=epoch_state, loss_after_first_step=loss_after_first_step,
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),
         feat_embed_dim=spec.integer(1), reg_weight=spec.NON_NEGATIVE,

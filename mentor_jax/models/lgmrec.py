@@ -235,6 +235,7 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> LGMRec:
 
 LGMREC_FAMILY = family.ModelFamily(
     name='lgmrec', create_model=create_model,
+    sweepable=frozenset({'reg_weight', 'cl_weight', 'alpha', 'keep_rate'}),
     make_hparams=Hparams.from_config, loss=loss, score=score,
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),

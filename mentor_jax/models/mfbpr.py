@@ -68,6 +68,7 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> MFBPR:
 
 MFBPR_FAMILY = family.ModelFamily(
     name='mfbpr', create_model=create_model,
+    sweepable=frozenset({'reg_weight'}),
     make_hparams=Hparams.from_config, loss=loss, score=score,
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),

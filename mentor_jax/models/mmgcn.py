@@ -207,6 +207,7 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> MMGCN:
 
 MMGCN_FAMILY = family.ModelFamily(
     name='mmgcn', create_model=create_model,
+    sweepable=frozenset({'reg_weight'}),
     make_hparams=Hparams.from_config, loss=loss, score=score,
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),

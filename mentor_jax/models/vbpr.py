@@ -94,6 +94,7 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> VBPR:
 
 VBPR_FAMILY = family.ModelFamily(
     name='vbpr', create_model=create_model,
+    sweepable=frozenset({'reg_weight'}),
     make_hparams=Hparams.from_config, loss=loss, score=score,
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),

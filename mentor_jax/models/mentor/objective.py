@@ -142,7 +142,7 @@ def run_forward(model: model_lib.Mentor, data: data_lib.DeviceData,
 
 def perturbs_own_encoders(hp: Hparams) -> bool:
   """Whether the loss runs the paper's perturbed passes (Eq. 18-20)."""
-  return hp.perturbation == 'own_encoders' and bool(hp.mask_weight_g)
+  return hp.perturbation == 'own_encoders' and family.is_on(hp.mask_weight_g)
 
 
 def _stack(u: jax.Array, i: jax.Array) -> jax.Array:
@@ -178,7 +178,7 @@ def mentor_loss(model: model_lib.Mentor, data: data_lib.DeviceData,
   parts = {'bpr': bpr, 'reg': reg}
 
   # MENTOR_base (no levels or no weight) skips the term altogether.
-  if hp.align_weight and hp.align_levels:
+  if family.is_on(hp.align_weight) and hp.align_levels:
     levels = sorted(c for lv in hp.align_levels
                     for c in losses.PAPER_ALIGN_LEVELS[lv])
     parts['align'] = hp.align_weight * losses.align_loss(
@@ -186,11 +186,11 @@ def mentor_loss(model: model_lib.Mentor, data: data_lib.DeviceData,
         _stack(v.visual_u, v.visual_i), _stack(v.textual_u, v.textual_i),
         levels=levels, stats=hp.align_stats, dispersion=hp.align_dispersion)
 
-  if hp.mask_weight_f:
+  if family.is_on(hp.mask_weight_f):
     parts['mask_f'] = hp.mask_weight_f * _feature_mask(model, v, drop_key,
                                                         hp)
 
-  if hp.mask_weight_g and (model.perturbed or perturbs_own_encoders(hp)):
+  if family.is_on(hp.mask_weight_g) and (model.perturbed or perturbs_own_encoders(hp)):
     # Scale-out (ops/infonce.py): 'sharded' impl and 'batch' scope.
     nce = lambda a, b, ids: infonce.info_nce_loss(
         a, b, hp.temp, impl=hp.infonce_impl, block_size=hp.infonce_block_size,
@@ -264,4 +264,8 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> model_lib.Mentor:
 MENTOR = family.ModelFamily(
     name='mentor', create_model=create_model,
     make_hparams=Hparams.from_config, loss=mentor_loss,
-    score=score_embeddings, config_spec=CONFIG_SPEC)
+    score=score_embeddings, config_spec=CONFIG_SPEC,
+    sweepable=frozenset({'reg_weight', 'align_weight', 'mask_weight_f',
+                         'mask_weight_g', 'dropout', 'temp',
+                         'mm_image_weight', 'noise_eps'}),
+    gated=frozenset({'align_weight', 'mask_weight_f', 'mask_weight_g'}))

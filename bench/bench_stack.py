@@ -1,0 +1,167 @@
+"""K stacked runs (stack.py) against K sequential runs: time and memory.
+
+  python bench/bench_stack.py --config configs/tiktok.py --ks 1 2 4 8
+  python bench/bench_stack.py --config configs/synth_baby.py --steps 2 \
+      --ks 1 2 4 8
+
+Each workload runs in a fresh subprocess (its peak RSS is its own):
+
+* `alone`: one run through the ordinary trainer's program,
+  `train.train_epoch`; K sequential runs take K times its epoch and peak at
+  its RSS (one run at a time);
+* `stack K`: the stack of K seeds, `stack.stacked_epoch`, one program.
+
+Timed: `--warmup` untimed epochs after the AOT compile, then
+`--epochs-timed` epochs, each until its outputs are ready; the median is
+reported. `--steps N` runs each program over a seeded subset of N x
+batch_size training rows (bench_train.py's rule: every step does a full
+step's work, the graph and tables are the full dataset's) and the epoch is
+EXTRAPOLATED as step time x the full epoch's steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench import bench_train  # pylint: disable=g-import-not-at-top
+from bench import common  # pylint: disable=g-import-not-at-top
+
+
+def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
+  """Worker body: one `alone` or `stack K` workload (see the module doc)."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
+  from mentor_jax import data as data_lib
+  from mentor_jax import datasets
+  from mentor_jax import registry
+  from mentor_jax import stack
+  from mentor_jax import train
+
+  overrides = dict(spec.get('overrides') or {})
+  if spec.get('data_npz'):
+    overrides['data_npz'] = spec['data_npz']
+  k = spec['k']
+  if spec['mode'] == 'stack':
+    overrides['seeds'] = tuple(range(k))
+  config = bench_train.load_config(spec['config'], overrides)
+  jax.devices()
+  base_rss = common.vm_rss_gib()
+  dataset = datasets.load_for_config(config)
+  full_steps = data_lib.steps_per_epoch(dataset.n_train,
+                                        config.train_batch_size)
+  if spec['mode'] == 'stack':
+    s = stack.build(config, dataset,
+                    stack.runs_from_config(config, registry.get(config.model)))
+    data, state, hp = s.data, s.state, s.hp
+    statics = dict(graphdef=s.graphdef, family=s.family, hp=hp,
+                   treedef=s.rest.treedef, progress=False)
+    active = jax.numpy.ones((k,), bool)
+    args = lambda state, data: (state, s.rest.shared, s.rest.stacked, data,
+                                s.swept, active)
+    program = stack.stacked_epoch
+  else:
+    family, hp, data, graphdef, rest, state = train.setup(config, dataset)
+    statics = dict(graphdef=graphdef, family=family, hp=hp, progress=False)
+    args = lambda state, data: (state, rest, data)
+    program = train.train_epoch
+  steps = spec.get('steps')
+  if steps and steps * hp.batch_size < dataset.n_train:
+    rows = np.sort(np.random.default_rng(0).choice(
+        dataset.n_train, steps * hp.batch_size, replace=False))
+    data = data._replace(train_user=data.train_user[rows],
+                         train_item=data.train_item[rows])
+  prog_steps = data_lib.steps_per_epoch(int(data.train_user.shape[0]),
+                                        hp.batch_size)
+  t0 = time.perf_counter()
+  compiled = program.lower(*args(state, data), **statics).compile()
+  compile_s = time.perf_counter() - t0
+  train.release_freed_host_memory()
+  xla = bench_train._memory_analysis(compiled)  # pylint: disable=protected-access
+
+  def one_epoch():
+    nonlocal state
+    state, parts, scores = compiled(*args(state, data))
+    return state, parts, scores
+
+  for _ in range(spec['warmup']):
+    common.block(one_epoch())
+  times = []
+  for _ in range(spec['epochs_timed']):
+    dt, _ = common.time_call(one_epoch)
+    times.append(dt)
+  program_s = common.summarize(times)
+  step = program_s['median'] / prog_steps
+  return {'mode': spec['mode'], 'k': k, 'config': spec['config'],
+          'dataset': str(dataset.path), 'n_users': dataset.n_users,
+          'n_items': dataset.n_items, 'full_epoch_steps': full_steps,
+          'program_steps': prog_steps, 'compile_s': compile_s,
+          'program_s': program_s, 'step_s': step,
+          'epoch_s': step * full_steps,
+          'extrapolated': prog_steps != full_steps,
+          'runtime_rss_gib': base_rss, 'xla_memory_gib': xla,
+          'n_params': int(sum(x.size for x in jax.tree.leaves(state.params)))}
+
+
+def worker_main(raw: str) -> None:
+  result = run_workload(json.loads(raw))
+  result['env'] = common.environment()
+  common.emit_result(result)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', default='configs/tiktok.py')
+  parser.add_argument('--override', action='append', default=[])
+  parser.add_argument('--data-npz')
+  parser.add_argument('--ks', type=int, nargs='+', default=[1, 2, 4, 8])
+  parser.add_argument('--steps', type=int)
+  parser.add_argument('--warmup', type=int, default=1)
+  parser.add_argument('--epochs-timed', type=int, default=3)
+  parser.add_argument('--out', help='JSON results (default: bench/out/)')
+  parser.add_argument('--worker')
+  args = parser.parse_args()
+  if args.worker:
+    worker_main(args.worker)
+    return
+  common.print_environment()
+  base = {'config': args.config, 'data_npz': args.data_npz,
+          'overrides': bench_train.parse_overrides(args.override),
+          'steps': args.steps, 'warmup': args.warmup,
+          'epochs_timed': args.epochs_timed}
+  results = []
+  for mode, k in [('alone', 1)] + [('stack', k) for k in args.ks]:
+    spec = dict(base, mode=mode, k=k)
+    r = common.run_worker(common.self_worker_argv(__file__, spec),
+                          cwd=common.REPO)
+    results.append(r)
+    if 'error' in r:
+      raise SystemExit(f'{mode} K={k} failed:\n{r["error"]}')
+    print(json.dumps({key: r.get(key) for key in (
+        'mode', 'k', 'epoch_s', 'step_s', 'peak_rss_gib', 'compile_s')}),
+          flush=True)
+  alone = results[0]
+  print(f'\n{args.config} ({alone.get("n_users")} users, '
+        f'{alone.get("n_items")} items), '
+        f'{"extrapolated from " + str(alone.get("program_steps")) + " steps" if alone.get("extrapolated") else "whole epochs"}:')
+  print('| K | stacked s/epoch | K sequential s/epoch | speed-up | '
+        'stacked peak RSS GiB | sequential peak RSS GiB |')
+  print('|---|---|---|---|---|---|')
+  for r in results[1:]:
+    seq = r['k'] * alone['epoch_s']
+    print(f'| {r["k"]} | {r["epoch_s"]:.2f} | {seq:.2f} | '
+          f'{seq / r["epoch_s"]:.2f}x | {r.get("peak_rss_gib", float("nan")):.2f} | '
+          f'{alone.get("peak_rss_gib", float("nan")):.2f} |')
+  out = args.out or (common.default_out_dir() / 'bench_stack.json')
+  common.write_json(out, results)
+  print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+  main()
