@@ -61,7 +61,8 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
                     stack.runs_from_config(config, registry.get(config.model)))
     data, state, hp = s.data, s.state, s.hp
     statics = dict(graphdef=s.graphdef, family=s.family, hp=hp,
-                   treedef=s.rest.treedef, progress=False)
+                   treedef=s.rest.treedef, progress=False,
+                   parallel=stack.resolve_parallel(spec['parallel']))
     active = jax.numpy.ones((k,), bool)
     args = lambda state, data: (state, s.rest.shared, s.rest.stacked, data,
                                 s.swept, active)
@@ -83,7 +84,8 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   compiled = program.lower(*args(state, data), **statics).compile()
   compile_s = time.perf_counter() - t0
   train.release_freed_host_memory()
-  xla = bench_train._memory_analysis(compiled)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  xla = bench_train._memory_analysis(compiled)
 
   def one_epoch():
     nonlocal state
@@ -99,6 +101,7 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   program_s = common.summarize(times)
   step = program_s['median'] / prog_steps
   return {'mode': spec['mode'], 'k': k, 'config': spec['config'],
+          'parallel': statics.get('parallel'),
           'dataset': str(dataset.path), 'n_users': dataset.n_users,
           'n_items': dataset.n_items, 'full_epoch_steps': full_steps,
           'program_steps': prog_steps, 'compile_s': compile_s,
@@ -122,6 +125,9 @@ def main() -> None:
   parser.add_argument('--data-npz')
   parser.add_argument('--ks', type=int, nargs='+', default=[1, 2, 4, 8])
   parser.add_argument('--steps', type=int)
+  parser.add_argument('--parallel', default='auto',
+                      help="config.stack_parallel: 'auto', 'all' (one vmap) "
+                      "or a count such as '2'")
   parser.add_argument('--warmup', type=int, default=1)
   parser.add_argument('--epochs-timed', type=int, default=3)
   parser.add_argument('--out', help='JSON results (default: bench/out/)')
@@ -134,7 +140,8 @@ def main() -> None:
   base = {'config': args.config, 'data_npz': args.data_npz,
           'overrides': bench_train.parse_overrides(args.override),
           'steps': args.steps, 'warmup': args.warmup,
-          'epochs_timed': args.epochs_timed}
+          'epochs_timed': args.epochs_timed,
+          'parallel': args.parallel}
   results = []
   for mode, k in [('alone', 1)] + [('stack', k) for k in args.ks]:
     spec = dict(base, mode=mode, k=k)
@@ -147,17 +154,18 @@ def main() -> None:
         'mode', 'k', 'epoch_s', 'step_s', 'peak_rss_gib', 'compile_s')}),
           flush=True)
   alone = results[0]
+  how = (f'extrapolated from {alone.get("program_steps")} steps'
+         if alone.get('extrapolated') else 'whole epochs')
   print(f'\n{args.config} ({alone.get("n_users")} users, '
-        f'{alone.get("n_items")} items), '
-        f'{"extrapolated from " + str(alone.get("program_steps")) + " steps" if alone.get("extrapolated") else "whole epochs"}:')
+        f'{alone.get("n_items")} items), {how}:')
   print('| K | stacked s/epoch | K sequential s/epoch | speed-up | '
         'stacked peak RSS GiB | sequential peak RSS GiB |')
   print('|---|---|---|---|---|---|')
   for r in results[1:]:
     seq = r['k'] * alone['epoch_s']
     print(f'| {r["k"]} | {r["epoch_s"]:.2f} | {seq:.2f} | '
-          f'{seq / r["epoch_s"]:.2f}x | {r.get("peak_rss_gib", float("nan")):.2f} | '
-          f'{alone.get("peak_rss_gib", float("nan")):.2f} |')
+          f'{seq / r["epoch_s"]:.2f}x | {r["peak_rss_gib"]:.2f} | '
+          f'{alone["peak_rss_gib"]:.2f} |')
   out = args.out or (common.default_out_dir() / 'bench_stack.json')
   common.write_json(out, results)
   print(f'wrote {out}')

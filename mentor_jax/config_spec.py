@@ -159,6 +159,12 @@ TRAINER: dict[str, Spec] = {
                       _is_int(v) and 0 <= v < 2**31 for v in x)
                   and len(set(x)) == len(x)),
     'sweep': text(),
+    # Runs of a stack computed at once: 'auto' (one at a time on a CPU, all
+    # elsewhere), 'all' (one vmap) or a count such as '2'.
+    'stack_parallel': Spec("'auto', 'all' or a count of runs such as '2'",
+                           lambda x: isinstance(x, str) and (
+                               x in ('auto', 'all')
+                               or (x.isdigit() and int(x) >= 1))),
     # Evaluation.
     'valid_metric': text(nonempty=True),  # Checked against topk below.
     'topk': int_tuple(1),

@@ -8,11 +8,12 @@ times the seeds (fastest of all). They differ only in what a traced value
 can carry: the seed (parameters, shuffles, negatives, dropout masks) and the
 family's `sweepable` hyper-parameters (`ModelFamily.sweepable`, plus
 `learning_rate`). Their parameters, Adam states, PRNG keys and swept values
-are stacked on a leading axis, and one jitted `vmap` of the trainer's epoch
-program (`train.epoch_program`) trains all of them over ONE copy of the
-data. Settings that change shapes or code (kernels, k, layers, the paper
-switches, the model) cannot be swept: `mentor_jax.grid` groups cells by
-them and stacks the rest.
+are stacked on a leading axis, and one jitted map of the trainer's epoch
+program (`train.epoch_program`) over them trains all runs on ONE copy of
+the data: a `vmap` on a GPU/TPU, a scan over the runs on a CPU
+(`config.stack_parallel`, `over_runs`). Settings that change shapes or
+code (kernels, k, layers, the paper switches, the model) cannot be swept:
+`mentor_jax.grid` groups cells by them and stacks the rest.
 
 Each run keeps its own early stopping: once it stops, its state stops
 changing (the stack still computes it; its results are discarded), and its
@@ -49,7 +50,6 @@ from mentor_jax import datasets
 from mentor_jax import distributed
 from mentor_jax import errors
 from mentor_jax import family as family_lib
-from mentor_jax import metrics as metrics_lib
 from mentor_jax import registry
 from mentor_jax import stats
 from mentor_jax import train
@@ -188,13 +188,45 @@ def _keep_stopped(new: Any, old: Any, active: jax.Array) -> Any:
   return jax.tree.map(pick, new, old)
 
 
+def over_runs(fn, xs, parallel: int):
+  """fn over the leading [K] axis of xs: `parallel` runs at a time.
+
+  0 (or >= K): all K as one `vmap`, the accelerator's choice (the runs'
+  matmuls batched together); n: groups of n runs one after another
+  (`lax.map` with batch_size n), the CPU's choice, where one run already
+  fills the cores: bench/RESULTS.md section 14 measured the full vmap
+  1.3-1.5x slower than K sequential runs on this 2-core CPU, with every
+  run's temporaries live at once; the scan 1.1-1.3x faster than them.
+  """
+  if parallel == 1:
+    # A plain scan over the runs: each run's ops keep their unbatched
+    # shapes (lax.map's batch_size=1, or a vmap of one run, would add a
+    # size-1 batch axis, measured slower).
+    return jax.lax.map(lambda x: fn(*x), xs)
+  if parallel == 0 or parallel >= jax.tree.leaves(xs)[0].shape[0]:
+    return jax.vmap(lambda x: fn(*x))(xs)
+  return jax.lax.map(lambda x: fn(*x), xs, batch_size=parallel)
+
+
+def resolve_parallel(setting: str) -> int:
+  """config.stack_parallel -> `over_runs`' count (0: all runs at once).
+
+  'auto': one at a time on a CPU, all at once elsewhere; 'all'; or 'n'.
+  """
+  if setting == 'auto':
+    return 1 if jax.default_backend() == 'cpu' else 0
+  return 0 if setting == 'all' else int(setting)
+
+
 @functools.partial(jax.jit, static_argnames=('graphdef', 'family', 'hp',
-                                             'treedef', 'progress'),
+                                             'treedef', 'progress',
+                                             'parallel'),
                    donate_argnames=('state',))
 def stacked_epoch(state: train.TrainState, rest_shared: list[Any],
                   rest_stacked: list[Any], data: data_lib.DeviceData,
                   swept: dict[str, jax.Array], active: jax.Array, *,
-                  graphdef, family, hp, treedef, progress: bool = True):
+                  graphdef, family, hp, treedef, progress: bool = True,
+                  parallel: int = 0):
   """One epoch of every run of the stack, as one program.
 
   Args:
@@ -203,6 +235,7 @@ def stacked_epoch(state: train.TrainState, rest_shared: list[Any],
     data: the one copy of the data all runs read.
     swept: {hp field: [K] values}.
     active: [K] bool; runs that stopped keep their state.
+    parallel: runs computed at once (`over_runs`; 0: all, vmapped).
 
   Returns:
     As `train.train_epoch`, each output with the leading [K] axis.
@@ -213,22 +246,22 @@ def stacked_epoch(state: train.TrainState, rest_shared: list[Any],
         graphdef=graphdef, family=family,
         hp=family_lib.with_values(hp, swept_k), progress=progress)
 
-  new, parts, scores = jax.vmap(one)(state, rest_stacked, swept)
+  new, parts, scores = over_runs(one, (state, rest_stacked, swept), parallel)
   return _keep_stopped(new, state, active), parts, scores
 
 
 @functools.partial(jax.jit, static_argnames=('graphdef', 'family', 'hp',
-                                             'treedef'))
+                                             'treedef', 'parallel'))
 def stacked_scores(params: Any, rest_shared: list[Any],
                    rest_stacked: list[Any], data: data_lib.DeviceData,
                    swept: dict[str, jax.Array], *, graphdef, family, hp,
-                   treedef):
+                   treedef, parallel: int = 0):
   """Every run's (user, item) embeddings with its current parameters."""
   def one(params_k, stacked_k, swept_k):
     model = nnx.merge(graphdef, params_k,
                       _merge_rest(treedef, rest_shared, stacked_k))
     return family.score(model, data, family_lib.with_values(hp, swept_k))
-  return jax.vmap(one)(params, rest_stacked, swept)
+  return over_runs(one, (params, rest_stacked, swept), parallel)
 
 
 # --- the stacked run ----------------------------------------------------------
@@ -322,13 +355,16 @@ def train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   hp, data, state = stack.hp, stack.data, stack.state
   rest = stack.rest
   statics = dict(graphdef=stack.graphdef, family=family, hp=hp,
-                 treedef=rest.treedef)
+                 treedef=rest.treedef,
+                 parallel=resolve_parallel(config.get('stack_parallel',
+                                                      'auto')))
   evaluator = train.Evaluator(dataset, config)
   n_steps = data_lib.steps_per_epoch(dataset.n_train, hp.batch_size)
   books = [_RunBook(r, c, workdir, config.stopping_step)
            for r, c in zip(runs, stack.configs)]
-  run_sigs = [checkpointing.signature(config.model, dataset,
-                                      take(state.params, 0))] * len(runs)
+  # Every run's best checkpoint is a single run's (evaluate reads it).
+  run_sig = checkpointing.signature(config.model, dataset,
+                                    take(state.params, 0))
   sig = checkpointing.signature(config.model, dataset, state.params)
   ckpt = checkpointing.Checkpointer(workdir / 'checkpoints')
   last_epoch = -1
@@ -339,11 +375,6 @@ def train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     restored = ckpt.restore_latest(
         state.params, state.opt_state, sig,
         allow_other_data=config.get('resume_other_data', False))
-    workdir_lib.write_text_atomic(workdir / 'config.json',
-                                  config.to_json_best_effort(indent=2))
-    for b in books:
-      workdir_lib.write_text_atomic(b.dir / 'config.json',
-                                    b.config.to_json_best_effort(indent=2))
     if restored is not None:
       params, opt_state, meta = restored
       saved = [(m['seed'], m['overrides']) for m in meta['stack']]
@@ -363,6 +394,13 @@ def train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       last_epoch = meta['epoch']
       logging.info('resuming the stack of %d runs after epoch %d',
                    len(runs), last_epoch)
+    # Only once a resume (if any) is accepted: a refused one must not have
+    # replaced the record of the runs' settings.
+    workdir_lib.write_text_atomic(workdir / 'config.json',
+                                  config.to_json_best_effort(indent=2))
+    for b in books:
+      workdir_lib.write_text_atomic(b.dir / 'config.json',
+                                    b.config.to_json_best_effort(indent=2))
     for b in books:
       b.ckpt.drop_best_after(last_epoch)
       b.writer.truncate_after(last_epoch)
@@ -411,7 +449,7 @@ def train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
           state_k = take(state, k)
           b.ckpt.save_best(epoch, state_k.params, (user_emb, item_emb),
                            train.checkpoint_meta(
-                               b.config, run_sigs[k], epoch, state_k,
+                               b.config, run_sig, epoch, state_k,
                                b.stopper, b.best, stop))
           train.save_per_user_test(b.dir / train.PER_USER_FILE, evaluator,
                                    user_emb, item_emb)

@@ -625,5 +625,6 @@ def cli() -> None:
 if __name__ == '__main__':
   # Run the package's copy of this module, the one stack.py imports, so
   # that one set of functions (and jit caches) serves the whole run.
-  from mentor_jax import train as package_train  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from mentor_jax import train as package_train
   package_train.cli()

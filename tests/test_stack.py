@@ -140,9 +140,11 @@ def _stack_vs_alone(config, tmp_path, runs_alone=(1,)):
   return result, worst
 
 
-def test_mentor_stack_matches_runs_alone(tiny_dataset, tmp_path):
+@pytest.mark.parametrize('parallel', ['all', '1'])  # one vmap; one by one
+def test_mentor_stack_matches_runs_alone(tiny_dataset, tmp_path, parallel):
   config = mentor_config(tiny_dataset, seeds=(0, 1),
-                         sweep='temp=0.2,0.5;mask_weight_g=1e-3')
+                         sweep='temp=0.2,0.5;mask_weight_g=1e-3',
+                         stack_parallel=parallel)
   result, worst = _stack_vs_alone(config, tmp_path, runs_alone=(0, 3))
   assert len(result['runs']) == 4
   # Different seeds and temperatures do train differently.
@@ -154,8 +156,12 @@ def test_mentor_stack_matches_runs_alone(tiny_dataset, tmp_path):
 @pytest.mark.parametrize('model', ['mfbpr', 'lightgcn', 'freedom', 'vbpr',
                                    'bm3', 'lgmrec', 'mmgcn', 'lattice'])
 def test_baseline_stack_matches_run_alone(tiny_dataset, tmp_path, model):
+  # Both forms: the whole stack as one vmap, and (the CPU default) one run
+  # after another in the program.
   config = baseline_config(model, tiny_dataset, seeds=(3, 5),
-                           sweep='learning_rate=1e-2')
+                           sweep='learning_rate=1e-2',
+                           stack_parallel='all' if model in (
+                               'freedom', 'lattice', 'lgmrec') else '1')
   if model == 'lattice':
     config.knn_k = 5
   _, worst = _stack_vs_alone(config, tmp_path)

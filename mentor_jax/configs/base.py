@@ -100,6 +100,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 'mask_weight_g=1e-4,1e-3;temp=0.2,0.4' (the product, times the seeds).
   config.seeds = ()
   config.sweep = ''
+  # Runs of a stack computed at once inside its program: 'auto' = one at a
+  # time on a CPU (one run fills the cores; bench/RESULTS.md section 14),
+  # all of them (one vmap) on a GPU/TPU; or 'all' / a count such as '2'.
+  config.stack_parallel = 'auto'
 
   # Evaluation (overall.yaml). Model selection on valid Recall@10; metrics
   # are rounded to 4 decimals before the comparison, as MMRec does.
