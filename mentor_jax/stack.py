@@ -66,10 +66,6 @@ class RunSpec(NamedTuple):
   overrides: dict[str, Any]
 
 
-def is_stacked(config: ml_collections.ConfigDict) -> bool:
-  return bool(config.get('seeds')) or bool(config.get('sweep'))
-
-
 def sweepable(family: family_lib.ModelFamily) -> frozenset[str]:
   return family.sweepable | {'learning_rate'}
 
