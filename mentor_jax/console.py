@@ -11,6 +11,8 @@
 * `resolve_config_arg`: `--config` accepts a path, or the name of a config
   shipped in `mentor_jax/configs/` (`small`, `small.py`, `configs/small.py`),
   so commands work from any folder and with an installed package.
+* `run_config_command`: the entry point of a command that takes `--config`
+  (the two above, then absl's app.run).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import logging as absl_logging
@@ -95,6 +97,22 @@ def resolve_config_arg(argv: Sequence[str]) -> list[str]:
     if shipped is not None:
       out[j] = prefix + str(shipped) + sep + config_arg
   return out
+
+
+def run_config_command(main: Callable[[list[str]], Any]) -> None:
+  """Runs an absl `main` whose `--config` is required, with plain log lines.
+
+  The command's flags must already be defined (its module imported).
+  """
+  # pylint: disable-next=g-import-not-at-top
+  from absl import app, flags
+  flags.mark_flags_as_required(['config'])
+
+  def main_with_console(argv):
+    setup_logging()
+    return main(argv)
+
+  app.run(main_with_console, argv=resolve_config_arg(sys.argv))
 
 
 def _mib(n_bytes: float) -> str:

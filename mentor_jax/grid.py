@@ -24,7 +24,6 @@ import pathlib
 import sys
 from typing import Any, Callable
 
-from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
@@ -286,13 +285,7 @@ def main(argv):
 
 def cli() -> None:
   """`mentor-grid` and `python -m mentor_jax.grid`."""
-  flags.mark_flags_as_required(['config'])
-
-  def main_with_console(argv):
-    console.setup_logging()
-    return main(argv)
-
-  app.run(main_with_console, argv=console.resolve_config_arg(sys.argv))
+  console.run_config_command(main)
 
 
 if __name__ == '__main__':

@@ -613,13 +613,7 @@ def cli() -> None:
 
   `--config` also takes a shipped config's name (console.resolve_config_arg).
   """
-  flags.mark_flags_as_required(['config'])
-
-  def main_with_console(argv):
-    console.setup_logging()
-    return main(argv)
-
-  app.run(main_with_console, argv=console.resolve_config_arg(sys.argv))
+  console.run_config_command(main)
 
 
 if __name__ == '__main__':

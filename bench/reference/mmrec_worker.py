@@ -223,9 +223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _run_in_checkout(args, model_name, name, root, sets, on_gpu, shims, np,
                      torch, src, model_file) -> dict[str, Any]:
   # pylint: disable=g-import-not-at-top
+  import utils
   from utils.configurator import Config
-  from utils.dataset import RecDataset
-  from utils.dataloader import EvalDataLoader, TrainDataLoader
   from utils.utils import get_model, get_trainer, init_seed
   # pylint: enable=g-import-not-at-top
 
@@ -238,19 +237,8 @@ def _run_in_checkout(args, model_name, name, root, sets, on_gpu, shims, np,
   check_one_cell(config, model_name)
 
   t0 = time.perf_counter()
-  dataset = RecDataset(config)
-  train_ds, valid_ds, test_ds = dataset.split()
-  # quick_start logs str() of each dataset; __str__ sets `inter_num`, which
-  # the data loaders read, so the same calls are needed here.
-  for ds in (dataset, train_ds, valid_ds, test_ds):
-    str(ds)
-  train_data = TrainDataLoader(config, train_ds,
-                               batch_size=config['train_batch_size'],
-                               shuffle=True)
-  valid_data = EvalDataLoader(config, valid_ds, additional_dataset=train_ds,
-                              batch_size=config['eval_batch_size'])
-  test_data = EvalDataLoader(config, test_ds, additional_dataset=train_ds,
-                             batch_size=config['eval_batch_size'])
+  dataset, train_ds, train_data, valid_data, test_data = (
+      torch_shims.quick_start_loaders(config, utils))
   init_seed(config['seed'])
   train_data.pretrain_setup()
   model = get_model(config['model'])(config, train_data).to(config['device'])

@@ -90,9 +90,8 @@ def run(args: argparse.Namespace) -> dict:
   # The official Config reads ./configs relative to the working directory.
   os.chdir(src)
   sys.path.insert(0, str(src))
+  import utils_package  # pylint: disable=g-import-not-at-top
   from utils_package.configurator import Config  # pylint: disable=g-import-not-at-top
-  from utils_package.dataset import RecDataset  # pylint: disable=g-import-not-at-top
-  from utils_package.dataloader import EvalDataLoader, TrainDataLoader  # pylint: disable=g-import-not-at-top
   from utils_package.utils import get_model, get_trainer, init_seed  # pylint: disable=g-import-not-at-top
 
   config_dict = dict(FIRST_CELL, gpu_id=0, use_gpu=on_gpu,
@@ -101,19 +100,8 @@ def run(args: argparse.Namespace) -> dict:
   init_seed(config['seed'])
 
   t0 = time.perf_counter()
-  dataset = RecDataset(config)
-  train_ds, valid_ds, test_ds = dataset.split()
-  # quick_start logs str() of each dataset; __str__ sets `inter_num`, which
-  # the data loaders read, so the same calls are needed here.
-  for ds in (dataset, train_ds, valid_ds, test_ds):
-    str(ds)
-  train_data = TrainDataLoader(config, train_ds,
-                               batch_size=config['train_batch_size'],
-                               shuffle=True)
-  valid_data = EvalDataLoader(config, valid_ds, additional_dataset=train_ds,
-                              batch_size=config['eval_batch_size'])
-  test_data = EvalDataLoader(config, test_ds, additional_dataset=train_ds,
-                             batch_size=config['eval_batch_size'])
+  dataset, train_ds, train_data, valid_data, test_data = (
+      torch_shims.quick_start_loaders(config, utils_package))
   train_data.pretrain_setup()
   model = get_model(config['model'])(config, train_data).to(config['device'])
   if not on_gpu:

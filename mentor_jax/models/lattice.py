@@ -41,8 +41,8 @@ from flax import nnx
 from mentor_jax import config_spec as spec
 from mentor_jax import data as data_lib
 from mentor_jax import family
+from mentor_jax.models import freedom
 from mentor_jax.ops import graph
-from mentor_jax.ops import init as init_lib
 from mentor_jax.ops import losses
 from mentor_jax.ops import sparse
 
@@ -62,23 +62,17 @@ class Constant(nnx.Variable):
   """A non-trainable array of the model (the frozen feature graphs)."""
 
 
-class Lattice(nnx.Module):
-  """ID tables, trainable feature copies, projections, modal weights."""
+class Lattice(freedom.Freedom):
+  """FREEDOM's parameters plus modal weights and the frozen feature graphs.
+
+  The ID tables, trainable feature copies and projections are drawn as
+  FREEDOM's are, in the order MMRec's two models both use.
+  """
 
   def __init__(self, n_users: int, feat_v: np.ndarray, feat_t: np.ndarray,
                knn_v: np.ndarray, knn_t: np.ndarray, dim: int, feat_dim: int,
                *, rngs: nnx.Rngs):
-    n_items = feat_v.shape[0]
-    self.user_emb = nnx.Param(init_lib.xavier_uniform(rngs.params(),
-                                                    (n_users, dim)))
-    self.item_emb = nnx.Param(init_lib.xavier_uniform(rngs.params(),
-                                                    (n_items, dim)))
-    self.feat_v = nnx.Param(jnp.asarray(feat_v, jnp.float32))
-    self.feat_t = nnx.Param(jnp.asarray(feat_t, jnp.float32))
-    w, b = init_lib.torch_linear_init(rngs.params(), feat_v.shape[1], feat_dim)
-    self.proj_v_w, self.proj_v_b = nnx.Param(w), nnx.Param(b)
-    w, b = init_lib.torch_linear_init(rngs.params(), feat_t.shape[1], feat_dim)
-    self.proj_t_w, self.proj_t_b = nnx.Param(w), nnx.Param(b)
+    super().__init__(n_users, feat_v, feat_t, dim, feat_dim, rngs=rngs)
     self.modal_weight = nnx.Param(jnp.array([0.5, 0.5], jnp.float32))
     # O_v and O_t from the raw features, once (MMRec caches them on disk).
     self.orig_cols_v = Constant(jnp.asarray(knn_v, jnp.int32))

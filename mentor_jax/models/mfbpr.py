@@ -11,7 +11,6 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from mentor_jax import config_spec as spec
@@ -43,15 +42,9 @@ def loss(model: MFBPR, data: data_lib.DeviceData, batch: data_lib.Batches,
          key: jax.Array, hp: Hparams) -> family.LossOutput:
   del data, key
   users, items = model.user_emb[...], model.item_emb[...]
-  u = users[batch.users]
-  p = items[batch.pos_items]
-  n = items[batch.neg_items]
-  pos = jnp.sum(u * p, axis=-1)
-  neg = jnp.sum(u * n, axis=-1)
-  parts = {
-      'bpr': losses.mmrec_bpr_loss(pos, neg, batch.mask),
-      'reg': hp.reg_weight * losses.mmrec_emb_loss((u, p, n), batch.mask),
-  }
+  parts = losses.mmrec_bpr_with_emb_reg(
+      users, items, batch.users, batch.pos_items, batch.neg_items,
+      batch.mask, hp.reg_weight)
   return sum(parts.values()), (parts, (users, items))
 
 

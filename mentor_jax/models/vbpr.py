@@ -66,14 +66,9 @@ def loss(model: VBPR, data: data_lib.DeviceData, batch: data_lib.Batches,
   # Every item's row, as MMRec's forward: the trainer may evaluate with
   # this step's embeddings (eval_embeddings='last_step').
   users, items = score(model, data, hp)
-  u = users[batch.users]
-  p, n = items[batch.pos_items], items[batch.neg_items]
-  pos = jnp.sum(u * p, axis=-1)
-  neg = jnp.sum(u * n, axis=-1)
-  parts = {
-      'bpr': losses.mmrec_bpr_loss(pos, neg, batch.mask),
-      'reg': hp.reg_weight * losses.mmrec_emb_loss((u, p, n), batch.mask),
-  }
+  parts = losses.mmrec_bpr_with_emb_reg(
+      users, items, batch.users, batch.pos_items, batch.neg_items,
+      batch.mask, hp.reg_weight)
   return sum(parts.values()), (parts, (users, items))
 
 

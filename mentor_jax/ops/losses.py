@@ -71,7 +71,7 @@ def mmrec_bpr_loss(pos: jax.Array, neg: jax.Array, mask: jax.Array,
                    gamma: float = BPR_GAMMA) -> jax.Array:
   """MMRec's `BPRLoss`: mean over real rows of -ln(gamma + sigmoid(pos-neg)).
 
-  Used by MF-BPR and LightGCN. It differs from `losses.bpr_loss` (log2 in
+  Used by MF-BPR, VBPR and LightGCN. It differs from `losses.bpr_loss` (log2 in
   MENTOR, ln via log_sigmoid in FREEDOM) by the gamma, which floors the
   per-row loss at -ln(1e-10) ~ 23 and so zeroes the gradient of hopeless
   rows; kept for parity.
@@ -143,3 +143,29 @@ def cosine_similarity(a: Array, b: Array, eps: float = _COSINE_EPS) -> Array:
   na = jnp.sqrt(jnp.maximum(jnp.sum(a * a, axis=-1), eps * eps))
   nb = jnp.sqrt(jnp.maximum(jnp.sum(b * b, axis=-1), eps * eps))
   return dot / (na * nb)
+
+
+def mmrec_bpr_with_emb_reg(users: jax.Array, items: jax.Array,
+                           user_ids: jax.Array, pos_ids: jax.Array,
+                           neg_ids: jax.Array, mask: jax.Array,
+                           reg_weight: float) -> dict[str, jax.Array]:
+  """MMRec's BPRLoss + reg_weight x EmbLoss on the same gathered rows.
+
+  The loss of MF-BPR and VBPR: the penalty is on the rows that score the
+  triples (not on ego embeddings, as LightGCN's is).
+
+  Args:
+    users: [U, d] user rows.
+    items: [I, d] item rows.
+    user_ids, pos_ids, neg_ids: [B] the batch's triples.
+    mask: [B] 1 for real rows.
+    reg_weight: the EmbLoss weight.
+
+  Returns:
+    {'bpr': scalar, 'reg': scalar}, the loss's parts.
+  """
+  u, p, n = users[user_ids], items[pos_ids], items[neg_ids]
+  pos = jnp.sum(u * p, axis=-1)
+  neg = jnp.sum(u * n, axis=-1)
+  return {'bpr': mmrec_bpr_loss(pos, neg, mask),
+          'reg': reg_weight * mmrec_emb_loss((u, p, n), mask)}
