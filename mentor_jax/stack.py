@@ -300,15 +300,16 @@ class _RunBook:
   """Host-side record of one run: stopping, best epoch, files."""
 
   def __init__(self, run: RunSpec, config, workdir: pathlib.Path,
-               stopping_step: int):
+               signature: dict, evaluator: train.Evaluator):
     self.run = run
     self.config = config
     self.dir = workdir / RUNS_DIR / str(run.index)
     self.dir.mkdir(parents=True, exist_ok=True)
     self.writer = train.MetricWriter(self.dir)
     self.ckpt = checkpointing.Checkpointer(self.dir / 'checkpoints')
-    self.stopper = train.EarlyStopping(stopping_step)
-    self.best = {'best_epoch': -1, 'valid': {}, 'test': {}}
+    # Its best checkpoint is a single run's (evaluate reads it).
+    self.tracker = train.BestEpoch(config, signature, self.ckpt, self.dir,
+                                   evaluator)
     self.stopped = False
     self.epochs_run = 0
     self.diverged = None
@@ -317,20 +318,18 @@ class _RunBook:
     return {'seed': self.run.seed, 'overrides': self.run.overrides,
             'step': int(state_k.step),
             'key': checkpointing.key_to_json(state_k.key),
-            'early_stopping': {'best': self.stopper.best,
-                               'bad_epochs': self.stopper.bad_epochs},
-            'best': self.best, 'stopped': self.stopped,
+            'early_stopping': {'best': self.tracker.stopper.best,
+                               'bad_epochs': self.tracker.stopper.bad_epochs},
+            'best': self.tracker.best, 'stopped': self.stopped,
             'epochs_run': self.epochs_run, 'diverged': self.diverged}
 
   def load_meta(self, m: dict[str, Any]) -> None:
-    self.stopper = train.EarlyStopping(self.stopper.patience,
-                                       m['early_stopping']['best'],
-                                       m['early_stopping']['bad_epochs'])
-    self.best, self.stopped = m['best'], m['stopped']
+    self.tracker.restore(m)
+    self.stopped = m['stopped']
     self.epochs_run, self.diverged = m['epochs_run'], m.get('diverged')
 
   def result(self) -> dict[str, Any]:
-    out = dict(self.best, epochs_run=self.epochs_run)
+    out = dict(self.tracker.best, epochs_run=self.epochs_run)
     if self.diverged:
       out['diverged'] = self.diverged
     return out
@@ -356,11 +355,10 @@ def train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                                                       'auto')))
   evaluator = train.Evaluator(dataset, config)
   n_steps = data_lib.steps_per_epoch(dataset.n_train, hp.batch_size)
-  books = [_RunBook(r, c, workdir, config.stopping_step)
-           for r, c in zip(runs, stack.configs)]
-  # Every run's best checkpoint is a single run's (evaluate reads it).
   run_sig = checkpointing.signature(config.model, dataset,
                                     take(state.params, 0))
+  books = [_RunBook(r, c, workdir, run_sig, evaluator)
+           for r, c in zip(runs, stack.configs)]
   sig = checkpointing.signature(config.model, dataset, state.params)
   ckpt = checkpointing.Checkpointer(workdir / 'checkpoints')
   last_epoch = -1
@@ -437,18 +435,9 @@ def train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
           continue
         user_emb, item_emb = scores[0][k], scores[1][k]
         result = evaluator(user_emb, item_emb)
-        value = round(result['valid'][config.valid_metric], 4)
-        improved, stop = b.stopper.update(value)
+        improved, stop = b.tracker.update(epoch, result)
         if improved:
-          b.best = {'best_epoch': epoch, 'valid': result['valid'],
-                    'test': result['test']}
-          state_k = take(state, k)
-          b.ckpt.save_best(epoch, state_k.params, (user_emb, item_emb),
-                           train.checkpoint_meta(
-                               b.config, run_sig, epoch, state_k,
-                               b.stopper, b.best, stop))
-          train.save_per_user_test(b.dir / train.PER_USER_FILE, evaluator,
-                                   user_emb, item_emb)
+          b.tracker.save(epoch, take(state, k), (user_emb, item_emb), stop)
         b.stopped = stop
         b.writer.write({
             'epoch': epoch, 'step': int(state.step[k]),
@@ -457,7 +446,7 @@ def train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
             'train_time_s': train_time, 'stack_runs': len(books),
             'eval_time_s': time.perf_counter() - t1,
             'valid': result['valid'], 'test': result['test'],
-            'best_epoch': b.best['best_epoch']})
+            'best_epoch': b.tracker.best['best_epoch']})
         if epoch % config.log_every_epochs == 0 or improved or stop:
           logging.info('epoch %d run %d (seed %d%s): valid %s | test %s%s%s',
                        epoch, k, b.run.seed, ''.join(

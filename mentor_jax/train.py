@@ -375,6 +375,54 @@ def non_finite_error(parts: dict[str, np.ndarray], epoch: int,
       'last checkpoint before this epoch is kept.')
 
 
+class BestEpoch:
+  """A run's early stopping and best epoch, and that epoch's files.
+
+  One for a single run, one per run of a stack (stack.py).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, signature: dict,
+               ckpt: checkpointing.Checkpointer, directory: pathlib.Path,
+               evaluator: Evaluator):
+    self.config, self.signature = config, signature
+    self.ckpt, self.directory, self.evaluator = ckpt, directory, evaluator
+    self.stopper = EarlyStopping(config.stopping_step)
+    self.best = {'best_epoch': -1, 'valid': {}, 'test': {}}
+
+  def restore(self, meta: dict[str, Any]) -> None:
+    """Continues from a checkpoint's `early_stopping` and `best`."""
+    saved = meta['early_stopping']
+    self.stopper = EarlyStopping(self.stopper.patience, saved['best'],
+                                 saved['bad_epochs'])
+    self.best = meta['best']
+
+  def update(self, epoch: int, result: dict[str, Any]) -> tuple[bool, bool]:
+    """(improved, stop) after epoch `epoch`'s evaluation `result`."""
+    # MMRec rounds metrics to 4 decimals before comparing them.
+    value = round(result['valid'][self.config.valid_metric], 4)
+    improved, stop = self.stopper.update(value)
+    if improved:
+      self.best = {'best_epoch': epoch, 'valid': result['valid'],
+                   'test': result['test']}
+    return improved, stop
+
+  def meta(self, epoch: int, state: TrainState,
+           stopped: bool) -> dict[str, Any]:
+    return checkpoint_meta(self.config, self.signature, epoch, state,
+                           self.stopper, self.best, stopped)
+
+  def save(self, epoch: int, state: TrainState, scores,
+           stopped: bool) -> None:
+    """The best checkpoint and the per-user test metrics of `epoch`."""
+    # The ranked embeddings too: 'last_step' ones are not a function of
+    # the saved params (checkpointing.py), and evaluate must be exact.
+    self.ckpt.save_best(epoch, state.params, scores,
+                        self.meta(epoch, state, stopped))
+    if distributed.is_chief():
+      save_per_user_test(self.directory / PER_USER_FILE, self.evaluator,
+                         *scores)
+
+
 def checkpoint_meta(config: ml_collections.ConfigDict, signature: dict,
                     epoch: int, state: TrainState, stopper: EarlyStopping,
                     best: dict[str, Any], stopped: bool) -> dict[str, Any]:
@@ -434,15 +482,13 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   evaluator_local = Evaluator(dataset, config)
   evaluator = runner.evaluator(dataset, config, evaluator_local)
   writer = MetricWriter(workdir)
-  stopper = EarlyStopping(config.stopping_step)
   n_steps = data_lib.steps_per_epoch(dataset.n_train, hp.batch_size)
-
-  best = {'best_epoch': -1, 'valid': {}, 'test': {}}
   last_epoch, stopped = -1, False
   # Resume: the newest complete checkpoint of this workdir, if any, restored
   # where the fresh state lives (its shardings), after a shape check.
   sig = checkpointing.signature(config.model, dataset, state.params)
   ckpt = checkpointing.Checkpointer(workdir / 'checkpoints')
+  tracker = BestEpoch(config, sig, ckpt, workdir, evaluator_local)
   try:
     restored = ckpt.restore_latest(
         state.params, state.opt_state, sig,
@@ -461,10 +507,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     state = TrainState(params, opt_state,
                        checkpointing.key_from_json(meta['key'], state.key),
                        checkpointing.put_like(step, state.step))
-    stopper = EarlyStopping(config.stopping_step,
-                            meta['early_stopping']['best'],
-                            meta['early_stopping']['bad_epochs'])
-    best, last_epoch, stopped = meta['best'], meta['epoch'], meta['stopped']
+    tracker.restore(meta)
+    last_epoch, stopped = meta['epoch'], meta['stopped']
     changed = checkpointing.config_changes(meta['config'], config)
     logging.info('resuming from %s after epoch %d (step %d)%s',
                  ckpt.directory / checkpointing.LATEST, last_epoch,
@@ -526,26 +570,15 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       eval_time = time.perf_counter() - t1
       bar.finish(train_time + eval_time)
       epoch_times.append(train_time)
-      # MMRec rounds metrics to 4 decimals before comparing them.
-      value = round(result['valid'][config.valid_metric], 4)
-      improved, stop = stopper.update(value)
+      improved, stop = tracker.update(epoch, result)
       if improved:
-        best = {'best_epoch': epoch, 'valid': result['valid'],
-                'test': result['test']}
-      meta = checkpoint_meta(config, sig, epoch, state, stopper, best, stop)
-      if improved:
-        # The ranked embeddings too: 'last_step' ones are not a function of
-        # the saved params (checkpointing.py), and evaluate must be exact.
-        ckpt.save_best(epoch, state.params, scores, meta)
-        if distributed.is_chief():
-          save_per_user_test(workdir / PER_USER_FILE, evaluator_local,
-                             *scores)
+        tracker.save(epoch, state, scores, stop)
       steps_per_s = n_steps / train_time
       eta = np.median(epoch_times) * (config.epochs - epoch - 1)
       record = {'epoch': epoch, 'step': int(state.step), 'loss': losses,
                 'train_time_s': train_time, 'eval_time_s': eval_time,
                 'valid': result['valid'], 'test': result['test'],
-                'best_epoch': best['best_epoch']}
+                'best_epoch': tracker.best['best_epoch']}
       writer.write(record)
       board.write(record)
       if epoch % config.log_every_epochs == 0 or improved or stop:
@@ -557,14 +590,15 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       last_epoch = epoch
       if (stop or signals.signum or epoch == final_epoch
           or (epoch + 1) % config.checkpoint_every_epochs == 0):
-        ckpt.save_latest(epoch, state.params, state.opt_state, meta)
+        ckpt.save_latest(epoch, state.params, state.opt_state,
+                         tracker.meta(epoch, state, stop))
       if stop:
         logging.info('early stop: no improvement of valid %s for %d epochs',
-                     config.valid_metric, stopper.bad_epochs)
+                     config.valid_metric, tracker.stopper.bad_epochs)
         break
       if signals.signum:
         break
-  result = dict(best, epochs_run=last_epoch + 1)
+  result = dict(tracker.best, epochs_run=last_epoch + 1)
   if signals.signum:
     logging.warning('%s: stopped after epoch %d; the checkpoint is in %s. '
                     'Run the same command again to resume.', signals.name,

@@ -138,8 +138,9 @@ def quick_start_loaders(config, utils_package: types.ModuleType):
   `utils_package` is the checkout's package of the data classes (MMRec's
   `utils`, the official MENTOR code's `utils_package`); its `dataset` and
   `dataloader` modules are imported from it. Returns (dataset, train_ds,
-  train_data, valid_data, test_data). The seed is left to the caller: the two codes call
-  `init_seed` at different points, and each worker keeps its own's.
+  train_data, valid_data, test_data). The seed is left to the caller: the
+  two codes call `init_seed` at different points, and each worker keeps
+  its own code's.
   """
   datasets = importlib.import_module(f'{utils_package.__name__}.dataset')
   loaders = importlib.import_module(f'{utils_package.__name__}.dataloader')
