@@ -17,6 +17,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -50,6 +51,7 @@ settings = _import('mmrec_settings')
 table3 = _import('table3')
 worker = _import('mmrec_worker')
 shims = _import('torch_shims')
+fit_loop = _import('fit_loop')
 
 DATASETS = ('baby', 'clothing')
 
@@ -239,6 +241,18 @@ def test_dok_update_shim_builds_the_same_matrix_as_coo():
   np.testing.assert_array_equal(a.toarray(), want.toarray())
   np.testing.assert_array_equal(np.asarray((a > 0).sum(axis=1)).ravel(),
                                 np.asarray(want.sum(axis=1)).ravel())
+
+
+def test_an_epoch_is_skipped_only_if_it_would_end_past_80_percent():
+  started = time.perf_counter()
+  assert fit_loop.epoch_overruns(0, 5, 30.0, started, 0) is None  # no limit
+  assert fit_loop.epoch_overruns(0, 5, None, started, 100) is None
+  assert fit_loop.epoch_overruns(1, 5, 50.0, started, 100) is None
+  note = fit_loop.epoch_overruns(2, 5, 85.0, started, 100)
+  assert note == ('2 of 5 epochs: the next (~85 s) would end past 80% of '
+                  '--time-limit 100 s')
+  # Time already spent counts: 10 s ago + a 75 s epoch > 80 s.
+  assert fit_loop.epoch_overruns(3, 5, 75.0, started - 10.0, 100) is not None
 
 
 def test_stub_unused_modules_only_replaces_missing_ones():

@@ -74,6 +74,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from bench import common  # pylint: disable=g-import-not-at-top
 from bench.reference import mmrec_settings  # pylint: disable=g-import-not-at-top
+from bench.reference import fit_loop  # pylint: disable=g-import-not-at-top
 from bench.reference import torch_shims  # pylint: disable=g-import-not-at-top
 
 # What the per-epoch log prints (all metrics are in the result).
@@ -238,7 +239,7 @@ def _run_in_checkout(args, model_name, name, root, sets, on_gpu, shims, np,
 
   t0 = time.perf_counter()
   dataset, train_ds, train_data, valid_data, test_data = (
-      torch_shims.quick_start_loaders(config, utils))
+      fit_loop.quick_start_loaders(config, utils))
   init_seed(config['seed'])
   train_data.pretrain_setup()
   model = get_model(config['model'])(config, train_data).to(config['device'])
@@ -313,25 +314,13 @@ def _run_in_checkout(args, model_name, name, root, sets, on_gpu, shims, np,
   # is not started; the result says so.
   epoch_times, epoch_losses, per_epoch, note = [], [], [], None
   for e in range(args.epochs):
-    predicted = epoch_times[-1] if epoch_times else guess
-    elapsed = time.perf_counter() - _T_START
-    if (args.time_limit and predicted is not None
-        and elapsed + predicted > 0.8 * args.time_limit):
-      note = (f'{e} of {args.epochs} epochs: the next (~{predicted:.0f} s) '
-              f'would end past 80% of --time-limit {args.time_limit:.0f} s')
+    note = fit_loop.epoch_overruns(
+        e, args.epochs, epoch_times[-1] if epoch_times else guess, _T_START,
+        args.time_limit)
+    if note:
       break
-    t0 = time.perf_counter()
-    model.pre_epoch_processing()
-    train_loss, _ = trainer._train_epoch(train_data, e)  # pylint: disable=protected-access
-    if torch.is_tensor(train_loss):  # what fit() checks: a NaN batch
-      raise FloatingPointError(f'NaN loss in epoch {e}')
-    trainer.lr_scheduler.step()
-    sync()
-    dt = time.perf_counter() - t0
-    model.post_epoch_processing()  # outside fit's timed span, as there
+    dt, loss = fit_loop.fit_epoch(model, trainer, train_data, e, sync)
     epoch_times.append(dt)
-    loss = float(sum(train_loss) if isinstance(train_loss, tuple)
-                 else train_loss)
     epoch_losses.append(loss)
     line = f'epoch {e}: train {dt:.2f} s loss {loss:.4f}'
     if args.log_metrics:

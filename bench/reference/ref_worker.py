@@ -46,6 +46,7 @@ _T_START = time.perf_counter()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from bench import common  # pylint: disable=g-import-not-at-top
+from bench.reference import fit_loop  # pylint: disable=g-import-not-at-top
 from bench.reference import torch_shims  # pylint: disable=g-import-not-at-top
 
 # The first cell of the shipped grid (MENTOR.yaml, MENTOR_SPEC §3).
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
 
   t0 = time.perf_counter()
   dataset, train_ds, train_data, valid_data, test_data = (
-      torch_shims.quick_start_loaders(config, utils_package))
+      fit_loop.quick_start_loaders(config, utils_package))
   train_data.pretrain_setup()
   model = get_model(config['model'])(config, train_data).to(config['device'])
   if not on_gpu:
@@ -148,25 +149,14 @@ def run(args: argparse.Namespace) -> dict:
   else:
     guess = None
   for e in range(args.epochs):
-    predicted = epoch_times[-1] if epoch_times else guess
-    elapsed = time.perf_counter() - _T_START
-    if (args.time_limit and predicted is not None
-        and elapsed + predicted > 0.8 * args.time_limit):
-      epochs_note = (f'{e} of {args.epochs} epochs: the next (~{predicted:.0f}'
-                     f' s) would end past 80% of --time-limit '
-                     f'{args.time_limit:.0f} s')
+    epochs_note = fit_loop.epoch_overruns(
+        e, args.epochs, epoch_times[-1] if epoch_times else guess, _T_START,
+        args.time_limit)
+    if epochs_note:
       break
-    t0 = time.perf_counter()
-    model.pre_epoch_processing()
-    train_loss, _ = trainer._train_epoch(train_data, e)  # pylint: disable=protected-access
-    if torch.is_tensor(train_loss):  # what fit() checks: a NaN batch
-      raise FloatingPointError(f'NaN loss in epoch {e}')
-    trainer.lr_scheduler.step()
-    sync()
-    dt = time.perf_counter() - t0
+    dt, loss = fit_loop.fit_epoch(model, trainer, train_data, e, sync)
     epoch_times.append(dt)
-    epoch_losses.append(float(sum(train_loss) if isinstance(train_loss, tuple)
-                              else train_loss))
+    epoch_losses.append(loss)
     print(f'epoch {e}: {dt:.2f} s loss {epoch_losses[-1]:.4f}', flush=True)
 
   eval_times, first_eval = [], None

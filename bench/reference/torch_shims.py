@@ -131,29 +131,3 @@ def limit_address_space(gib: float) -> None:
     limit = min(limit, hard)
   resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
-
-def quick_start_loaders(config, utils_package: types.ModuleType):
-  """The reference `quick_start`'s data path, without its logging.
-
-  `utils_package` is the checkout's package of the data classes (MMRec's
-  `utils`, the official MENTOR code's `utils_package`); its `dataset` and
-  `dataloader` modules are imported from it. Returns (dataset, train_ds,
-  train_data, valid_data, test_data). The seed is left to the caller: the
-  two codes call `init_seed` at different points, and each worker keeps
-  its own code's.
-  """
-  datasets = importlib.import_module(f'{utils_package.__name__}.dataset')
-  loaders = importlib.import_module(f'{utils_package.__name__}.dataloader')
-  dataset = datasets.RecDataset(config)
-  train_ds, valid_ds, test_ds = dataset.split()
-  # quick_start logs str() of each dataset; __str__ sets `inter_num`, which
-  # the data loaders read, so the same calls are needed here.
-  for ds in (dataset, train_ds, valid_ds, test_ds):
-    str(ds)
-  train_data = loaders.TrainDataLoader(
-      config, train_ds, batch_size=config['train_batch_size'], shuffle=True)
-  valid_data, test_data = (
-      loaders.EvalDataLoader(config, ds, additional_dataset=train_ds,
-                             batch_size=config['eval_batch_size'])
-      for ds in (valid_ds, test_ds))
-  return dataset, train_ds, train_data, valid_data, test_data
