@@ -54,17 +54,9 @@ class Freedom(nnx.Module):
 
   def __init__(self, n_users: int, feat_v: np.ndarray, feat_t: np.ndarray,
                dim: int, feat_dim: int, *, rngs: nnx.Rngs):
-    n_items = feat_v.shape[0]
-    self.user_emb = nnx.Param(init_lib.xavier_uniform(rngs.params(),
-                                                    (n_users, dim)))
-    self.item_emb = nnx.Param(init_lib.xavier_uniform(rngs.params(),
-                                                    (n_items, dim)))
-    self.feat_v = nnx.Param(jnp.asarray(feat_v, jnp.float32))
-    self.feat_t = nnx.Param(jnp.asarray(feat_t, jnp.float32))
-    w, b = init_lib.torch_linear_init(rngs.params(), feat_v.shape[1], feat_dim)
-    self.proj_v_w, self.proj_v_b = nnx.Param(w), nnx.Param(b)
-    w, b = init_lib.torch_linear_init(rngs.params(), feat_t.shape[1], feat_dim)
-    self.proj_t_w, self.proj_t_b = nnx.Param(w), nnx.Param(b)
+    for name, value in init_lib.feature_model_tables(
+        rngs.params, n_users, feat_v, feat_t, dim, feat_dim).items():
+      setattr(self, name, nnx.Param(value))
 
 
 def forward(model: Freedom, data: data_lib.DeviceData, adj: sparse.Csr,

@@ -41,8 +41,8 @@ from flax import nnx
 from mentor_jax import config_spec as spec
 from mentor_jax import data as data_lib
 from mentor_jax import family
-from mentor_jax.models import freedom
 from mentor_jax.ops import graph
+from mentor_jax.ops import init as init_lib
 from mentor_jax.ops import losses
 from mentor_jax.ops import sparse
 
@@ -62,17 +62,15 @@ class Constant(nnx.Variable):
   """A non-trainable array of the model (the frozen feature graphs)."""
 
 
-class Lattice(freedom.Freedom):
-  """FREEDOM's parameters plus modal weights and the frozen feature graphs.
-
-  The ID tables, trainable feature copies and projections are drawn as
-  FREEDOM's are, in the order MMRec's two models both use.
-  """
+class Lattice(nnx.Module):
+  """ID tables, trainable feature copies, projections, modal weights."""
 
   def __init__(self, n_users: int, feat_v: np.ndarray, feat_t: np.ndarray,
                knn_v: np.ndarray, knn_t: np.ndarray, dim: int, feat_dim: int,
                *, rngs: nnx.Rngs):
-    super().__init__(n_users, feat_v, feat_t, dim, feat_dim, rngs=rngs)
+    for name, value in init_lib.feature_model_tables(
+        rngs.params, n_users, feat_v, feat_t, dim, feat_dim).items():
+      setattr(self, name, nnx.Param(value))
     self.modal_weight = nnx.Param(jnp.array([0.5, 0.5], jnp.float32))
     # O_v and O_t from the raw features, once (MMRec caches them on disk).
     self.orig_cols_v = Constant(jnp.asarray(knn_v, jnp.int32))

@@ -49,3 +49,25 @@ def torch_linear_init(key: jax.Array, d_in: int, d_out: int
   kw, kb = jax.random.split(key)
   init = torch_linear_uniform(d_in)
   return init(kw, (d_in, d_out)), init(kb, (d_out,))
+
+
+def feature_model_tables(next_key: Callable[[], jax.Array], n_users: int,
+                         feat_v: jax.Array, feat_t: jax.Array, dim: int,
+                         feat_dim: int) -> dict[str, jax.Array]:
+  """The trainable arrays FREEDOM and LATTICE share, drawn in MMRec's order.
+
+  User and item ID tables (xavier), trainable float32 copies of the raw
+  image and text features, and an nn.Linear projection of each to
+  `feat_dim`. `next_key()` gives the next key (`nnx.Rngs.params`).
+  """
+  n_items = feat_v.shape[0]
+  tables = {
+      'user_emb': xavier_uniform(next_key(), (n_users, dim)),
+      'item_emb': xavier_uniform(next_key(), (n_items, dim)),
+      'feat_v': jnp.asarray(feat_v, jnp.float32),
+      'feat_t': jnp.asarray(feat_t, jnp.float32),
+  }
+  for name, feats in (('v', feat_v), ('t', feat_t)):
+    w, b = torch_linear_init(next_key(), feats.shape[1], feat_dim)
+    tables[f'proj_{name}_w'], tables[f'proj_{name}_b'] = w, b
+  return tables
