@@ -130,4 +130,3 @@ def limit_address_space(gib: float) -> None:
   if hard != resource.RLIM_INFINITY:
     limit = min(limit, hard)
   resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-
