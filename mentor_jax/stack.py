@@ -191,8 +191,9 @@ def over_runs(fn, xs, parallel: int):
   matmuls batched together); n: groups of n runs one after another
   (`lax.map` with batch_size n), the CPU's choice, where one run already
   fills the cores: bench/RESULTS.md section 14 measured the full vmap
-  1.3-1.5x slower than K sequential runs on this 2-core CPU, with every
-  run's temporaries live at once; the scan 1.1-1.3x faster than them.
+  1.2-1.5x slower than K sequential runs on a 2-core CPU (TikTok and the
+  Baby shape), with every run's temporaries live at once, and the scan as
+  fast as them (0.94-1.3x).
   """
   if parallel == 1:
     # A plain scan over the runs: each run's ops keep their unbatched
