@@ -8,12 +8,13 @@ import jax, jax.numpy as jnp
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
 from configs import synth_baby
 from mentor_jax import datasets, progress, train
+from mentor_jax import epoch as epoch_lib
 
 STEPS, REPS = int(sys.argv[1]), int(sys.argv[2])
 config = synth_baby.get_config()
 config.data_npz = sys.argv[3] if len(sys.argv) > 3 else 'data/synth_baby.npz'
 dataset = datasets.load_for_config(config)
-family, hp, data, graphdef, rest, state = train.setup(config, dataset)
+family, hp, data, graphdef, rest, state = epoch_lib.setup(config, dataset)
 rng = np.random.default_rng(0)
 rows = np.sort(rng.choice(dataset.n_train, STEPS * hp.batch_size, replace=False))
 data = data._replace(train_user=data.train_user[rows], train_item=data.train_item[rows])
@@ -21,9 +22,9 @@ kw = dict(graphdef=graphdef, family=family, hp=hp)
 progs = {}
 for flag in (True, False):
   t = time.perf_counter()
-  progs[flag] = train.train_epoch.lower(state, rest, data, progress=flag, **kw).compile()
+  progs[flag] = epoch_lib.train_epoch.lower(state, rest, data, progress=flag, **kw).compile()
   print('compiled', flag, round(time.perf_counter() - t, 1), flush=True)
-train.release_freed_host_memory()
+epoch_lib.release_freed_host_memory()
 bar = progress.EpochProgress(STEPS, 100, stream=open('/dev/null', 'w'), tty=True)
 states = {f: jax.tree.map(lambda x: x.copy(), state) for f in (True, False)}
 times = {True: [], False: []}

@@ -58,11 +58,11 @@ def child(args: argparse.Namespace) -> None:
   config.infonce_impl = 'sharded' if n > 1 else 'fused'
   config.shard_tables = args.shard_tables
   dataset = datasets.load_for_config(config)
-  family, hp, data, graphdef, rest, state = train.setup(config, dataset)
+  family, hp, data, graphdef, rest, state = epoch_lib.setup(config, dataset)
   # A Runner over n devices; with n = 1 it is inactive (the plain trainer).
   runner = distributed.Runner(mesh_lib.make_mesh(n), args.shard_tables)
   state, rest, data = runner.place(state, rest, data)
-  run_epoch = runner.wrap_epoch(train.train_epoch)
+  run_epoch = runner.wrap_epoch(epoch_lib.train_epoch)
   n_steps = data_lib.steps_per_epoch(dataset.n_train, hp.batch_size)
 
   def epoch(state):

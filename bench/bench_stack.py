@@ -7,7 +7,7 @@
 Each workload runs in a fresh subprocess (its peak RSS is its own):
 
 * `alone`: one run through the ordinary trainer's program,
-  `train.train_epoch`; K sequential runs take K times its epoch and peak at
+  `epoch_lib.train_epoch`; K sequential runs take K times its epoch and peak at
   its RSS (one run at a time);
 * `stack K`: the stack of K seeds, `stack.stacked_epoch`, one program.
 
@@ -68,10 +68,10 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
                                 s.swept, active)
     program = stack.stacked_epoch
   else:
-    family, hp, data, graphdef, rest, state = train.setup(config, dataset)
+    family, hp, data, graphdef, rest, state = epoch_lib.setup(config, dataset)
     statics = dict(graphdef=graphdef, family=family, hp=hp, progress=False)
     args = lambda state, data: (state, rest, data)
-    program = train.train_epoch
+    program = epoch_lib.train_epoch
   steps = spec.get('steps')
   if steps and steps * hp.batch_size < dataset.n_train:
     rows = np.sort(np.random.default_rng(0).choice(
@@ -83,7 +83,7 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   t0 = time.perf_counter()
   compiled = program.lower(*args(state, data), **statics).compile()
   compile_s = time.perf_counter() - t0
-  train.release_freed_host_memory()
+  epoch_lib.release_freed_host_memory()
   # pylint: disable-next=protected-access
   xla = bench_train._memory_analysis(compiled)
 

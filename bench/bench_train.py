@@ -1,6 +1,6 @@
 """Train-epoch time, step time, full-evaluation time and peak RSS of MENTOR.
 
-Uses the real code paths: `train.train_epoch` (one compiled program per
+Uses the real code paths: `epoch_lib.train_epoch` (one compiled program per
 epoch, `lax.scan` over the steps) and `train.Evaluator` (valid + test, full
 ranking). Each variant runs in a fresh subprocess, so its peak RSS is its own.
 
@@ -100,9 +100,9 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
 
   t0 = time.perf_counter()
   dataset = datasets.load_for_config(config)
-  family, hp, data, graphdef, rest, state = train.setup(config, dataset)
+  family, hp, data, graphdef, rest, state = epoch_lib.setup(config, dataset)
   n_train = dataset.n_train
-  evaluator = train.Evaluator(dataset, config)
+  evaluator = metrics_lib.Evaluator.for_config(dataset, config)
   setup_s = time.perf_counter() - t0
   # VmHWM after each phase: tells which phase sets the peak.
   hwm = {'setup': common.vm_hwm_gib()}
@@ -120,13 +120,13 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
 
   kwargs = dict(graphdef=graphdef, family=family, hp=hp)
   t0 = time.perf_counter()
-  compiled = train.train_epoch.lower(state, rest, data, **kwargs).compile()
+  compiled = epoch_lib.train_epoch.lower(state, rest, data, **kwargs).compile()
   compile_s = time.perf_counter() - t0
   hwm['compile'] = common.vm_hwm_gib()
   # As the trainer does: the compiler's freed heap goes back to the OS
   # before the program's buffers are allocated (--no-trim to measure it).
   if not spec.get('no_trim'):
-    train.release_freed_host_memory()
+    epoch_lib.release_freed_host_memory()
   xla_memory = _memory_analysis(compiled)
 
   def one_epoch():
@@ -281,7 +281,7 @@ def main() -> None:
   parser.add_argument('--set', action='append', default=[],
                       metavar='KEY=VALUE', help='config override')
   parser.add_argument('--no-trim', action='store_true',
-                      help='skip train.release_freed_host_memory() after '
+                      help='skip epoch_lib.release_freed_host_memory() after '
                       'the compile (to measure what it saves)')
   parser.add_argument('--timeout', type=float, help='seconds per workload')
   parser.add_argument('--out', help='JSON output (default: '

@@ -35,9 +35,9 @@ import numpy as np
 
 from mentor_jax import data as data_lib
 from mentor_jax import datasets
+from mentor_jax import epoch as epoch_lib
 from mentor_jax.models.mentor import model as model_lib
 from mentor_jax.models.mentor import objective
-from mentor_jax import train
 
 # Fig. 4's colours: visual green, textual blue, ID orange.
 COLORS = {'visual': 'tab:green', 'textual': 'tab:blue', 'id': 'tab:orange'}
@@ -158,7 +158,7 @@ def load_trained(workdir: str | pathlib.Path, checkpoint: str | None = None,
     config, dataset = restored.config, restored.dataset
     model = nnx.merge(restored.graphdef, restored.params, restored.rest)
   # The training run's static settings (kernel resolved per backend).
-  hp = train.make_hparams(objective.MENTOR, config, dataset)
+  hp = epoch_lib.make_hparams(objective.MENTOR, config, dataset)
   data = data_lib.to_device(dataset, config.knn_k)
   return model, data, hp, config
 

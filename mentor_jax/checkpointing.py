@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging as std_logging
 import pathlib
 import resource
 import shutil
@@ -471,17 +470,3 @@ def config_changes(saved: dict[str, Any], config: Any) -> str:
                    for k in sorted(set(saved) | set(now))
                    if saved.get(k) != now.get(k))
 
-
-class _OrbaxInfoFilter(std_logging.Filter):
-  """Drops Orbax's INFO records (several lines per save) from absl's log."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return (record.levelno >= std_logging.WARNING
-            or '/orbax/' not in record.pathname.replace('\\', '/'))
-
-
-def quiet_orbax_logs() -> None:
-  """Keeps the training log readable: Orbax warnings stay, chatter goes."""
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _OrbaxInfoFilter) for f in handler.filters):
-    handler.addFilter(_OrbaxInfoFilter())

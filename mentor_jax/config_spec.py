@@ -130,7 +130,8 @@ POSITIVE = number(0.0, low_open=True)
 NON_NEGATIVE = number(0.0)
 PROBABILITY_BELOW_1 = number(0.0, 1.0, high_open=True)
 
-# The trainer's own settings, shared by every model (configs/base.py).
+# The trainer's own settings, shared by every model (configs/base.py's
+# trainer_config; a model's keys are its family's `config_spec`).
 TRAINER: dict[str, Spec] = {
     # Data.
     'dataset': text(nonempty=True),
@@ -172,6 +173,8 @@ TRAINER: dict[str, Spec] = {
     'eval_embeddings': choice('last_step', 'recompute'),
     # Engineering knobs.
     'spmm_kernel': choice('auto', 'csr', 'bcoo', 'segment_sum'),
+    # 'auto', a folder, or 'off' (compilation_cache.py).
+    'compile_cache': text(),
     # Scale-out.
     'mesh_shape': either(choice('auto'), integer(1),
                          Spec('a 1-tuple (n,) with n >= 1',

@@ -1,4 +1,4 @@
-"""What the commands print, and how they find their configs.
+"""What the commands print.
 
 * `quiet_backend_probe`: JAX logs `Unable to initialize backend 'tpu'` (an
   INFO record of its backend probe) on every machine without a TPU. The
@@ -7,12 +7,11 @@
   `mentor_jax` is imported, before any backend starts.
 * `setup_logging`: `HH:MM:SS message` lines instead of absl's
   `I1201 21:59:28.884928 139702279490432 train.py:299]` prefix.
-* `startup_block`: the lines a training run starts with.
-* `resolve_config_arg`: `--config` accepts a path, or the name of a config
-  shipped in `mentor_jax/configs/` (`small`, `small.py`, `configs/small.py`),
-  so commands work from any folder and with an installed package.
-* `run_config_command`: the entry point of a command that takes `--config`
-  (the two above, then absl's app.run).
+* `startup_block`, `epoch_line`: what a training run prints when it
+  starts and after each epoch.
+* `transient`: a status line shown on a terminal while a slow step runs.
+
+The `--config` commands' plumbing is in main.py.
 """
 
 from __future__ import annotations
@@ -20,12 +19,10 @@ from __future__ import annotations
 import logging
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from absl import logging as absl_logging
-
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent / 'configs'
 
 
 class _DropBackendProbe(logging.Filter):
@@ -55,64 +52,24 @@ class _Formatter(logging.Formatter):
     return f'{stamp} ' + text.replace('\n', '\n' + ' ' * (len(stamp) + 1))
 
 
+class _OrbaxInfoFilter(logging.Filter):
+  """Drops Orbax's INFO records (several lines per save) from absl's log."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (record.levelno >= logging.WARNING
+            or '/orbax/' not in record.pathname.replace('\\', '/'))
+
+
+def quiet_orbax_logs() -> None:
+  """Keeps the training log readable: Orbax warnings stay, chatter goes."""
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in handler.filters):
+    handler.addFilter(_OrbaxInfoFilter())
+
+
 def setup_logging() -> None:
   """Plain, short log lines for the command-line tools (absl's handler)."""
   absl_logging.get_absl_handler().setFormatter(_Formatter('%(message)s'))
-
-
-def shipped_config(name: str) -> pathlib.Path | None:
-  """The shipped config file `name` refers to, or None.
-
-  `name` may be `small`, `small.py` or `configs/small.py`; anything after a
-  ':' (a config argument, e.g. `baseline.py:lightgcn,baby`) is not part of
-  the name.
-  """
-  stem = pathlib.PurePath(name).name.removesuffix('.py')
-  if not stem or stem.startswith('_'):
-    return None
-  path = CONFIG_DIR / f'{stem}.py'
-  return path if path.is_file() else None
-
-
-def resolve_config_arg(argv: Sequence[str]) -> list[str]:
-  """`argv` with a `--config` that is not an existing file replaced by the
-  shipped config of that name (the config argument after ':' is kept).
-
-  An existing path always wins; a name that matches nothing is left as it
-  is, so the flag's own error reports it.
-  """
-  out = list(argv)
-  for i, arg in enumerate(out):
-    if arg in ('--config', '-config') and i + 1 < len(out):
-      j, value, prefix = i + 1, out[i + 1], ''
-    elif arg.startswith(('--config=', '-config=')):
-      j, (prefix, value) = i, arg.split('=', 1)
-      prefix += '='
-    else:
-      continue
-    path, sep, config_arg = value.partition(':')
-    if pathlib.Path(path).is_file():
-      continue
-    shipped = shipped_config(path)
-    if shipped is not None:
-      out[j] = prefix + str(shipped) + sep + config_arg
-  return out
-
-
-def run_config_command(main: Callable[[list[str]], Any]) -> None:
-  """Runs an absl `main` whose `--config` is required, with plain log lines.
-
-  The command's flags must already be defined (its module imported).
-  """
-  # pylint: disable-next=g-import-not-at-top
-  from absl import app, flags
-  flags.mark_flags_as_required(['config'])
-
-  def main_with_console(argv):
-    setup_logging()
-    return main(argv)
-
-  app.run(main_with_console, argv=resolve_config_arg(sys.argv))
 
 
 def _mib(n_bytes: float) -> str:
@@ -120,45 +77,53 @@ def _mib(n_bytes: float) -> str:
           else f'{n_bytes / 2**20:.1f} MiB')
 
 
-def peak_memory_bytes(compiled: Any) -> dict[str, int] | None:
-  """XLA's memory analysis of a compiled program, per device, or None.
+def peak_memory_bytes(*compiled: Any) -> dict[str, int] | None:
+  """XLA's memory analysis of compiled programs, per device, or None.
 
   `peak` = arguments + outputs - donated (aliased) + temporaries: every
   buffer of the program live at once, an upper bound on what it allocates.
+  With several programs (an epoch's begin and steps), the one with the
+  largest peak.
   """
-  analysis = getattr(compiled, 'memory_analysis', None)
-  try:
-    stats = analysis() if analysis is not None else None
-  except Exception:  # pylint: disable=broad-except
-    return None  # Some backends do not implement it.
-  if stats is None:
-    return None
-  out = {name: int(getattr(stats, f'{name}_size_in_bytes', 0))
-         for name in ('argument', 'output', 'alias', 'temp')}
-  out['peak'] = (out['argument'] + out['output'] - out['alias']
-                 + out['temp'])
-  return out
+  best = None
+  for program in compiled:
+    analysis = getattr(program, 'memory_analysis', None)
+    try:
+      stats = analysis() if analysis is not None else None
+    except Exception:  # pylint: disable=broad-except
+      stats = None  # Some backends do not implement it.
+    if stats is None:
+      continue
+    out = {name: int(getattr(stats, f'{name}_size_in_bytes', 0))
+           for name in ('argument', 'output', 'alias', 'temp')}
+    out['peak'] = (out['argument'] + out['output'] - out['alias']
+                   + out['temp'])
+    if best is None or out['peak'] > best['peak']:
+      best = out
+  return best
 
 
 def startup_block(*, devices: Sequence[Any], dataset: Any, n_params: int,
                   n_steps: int, batch_size: int, kernel: str, model: str,
                   workdir: str | pathlib.Path, epochs: tuple[int, int],
                   memory: dict[str, int] | None,
-                  compile_s: float | None) -> str:
+                  compile_s: float | None, cache: str = '') -> str:
   """The lines a training run starts with, as one text block.
 
   Args:
     devices: the devices the run uses.
     dataset: a `data.Dataset`.
-    n_params: trainable parameters.
+    n_params: trainable parameters (of every run of a stack).
     n_steps: optimizer steps per epoch.
     batch_size: training rows per step.
     kernel: the sparse-product kernel.
-    model: the config's model name.
+    model: the config's model name (and the runs of a stack).
     workdir: where logs and checkpoints go.
     epochs: (first, last) epoch this start will run, 0-based, inclusive.
     memory: `peak_memory_bytes` of the compiled epoch, or None.
     compile_s: seconds the epoch took to compile, or None.
+    cache: where the compiled programs came from
+      (`compilation_cache.CacheStats.describe`), or ''.
   """
   kinds = sorted({f'{d.platform}:{d.device_kind}' for d in devices})
   n_valid = int(dataset.split('valid')[0][-1])
@@ -178,34 +143,67 @@ def startup_block(*, devices: Sequence[Any], dataset: Any, n_params: int,
         f'{_mib(memory["argument"])} arguments + {_mib(memory["temp"])} '
         'temporaries)')
   if compile_s is not None:
-    lines.append(f'compiled  in {compile_s:.1f}s')
+    lines.append(f'compiled  in {compile_s:.1f}s'
+                 + (f' ({cache})' if cache else ''))
   lines.append(f'run       epochs {first}..{last} -> {workdir}'
                if first <= last else
                f'run       finished already ({workdir})')
   return '\n'.join(lines)
 
 
-def epoch_line(*, epoch: int, final_epoch: int, losses: dict[str, float],
-               train_s: float, steps_per_s: float, eval_s: float,
-               eta_s: float, valid: str, test: str, improved: bool) -> str:
-  """One epoch's summary: timing and losses, then the metrics, two lines.
+def log_ks(topk) -> tuple[int, ...]:
+  """The cut-offs shown in log lines: 10 and 20 when computed, else the
+  first two of `topk` (every metric is in metrics.jsonl regardless)."""
+  topk = tuple(topk)
+  shown = tuple(k for k in (10, 20) if k in topk)
+  return shown if len(shown) == 2 else topk[:2]
+
+
+def format_metrics(m: dict[str, float], ks=(10, 20)) -> str:
+  return ' '.join(f'R@{k}={m[f"recall@{k}"]:.4f} N@{k}={m[f"ndcg@{k}"]:.4f}'
+                  for k in ks)
+
+
+def _losses(losses: dict[str, float]) -> str:
+  parts = ' + '.join(f'{k} {v:.4g}' for k, v in losses.items())
+  return f'loss {sum(losses.values()):.4f} = {parts}'
+
+
+def epoch_line(*, epoch: int, final_epoch: int, train_s: float,
+               steps_per_s: float, eval_s: float, eta_s: float,
+               runs: Sequence[dict[str, Any]]) -> str:
+  """One epoch's summary: timing, then each run's losses and metrics.
+
+  One run gives two lines (timing and losses; valid and test); a stack one
+  line of timing and one per run trained this epoch.
 
   Args:
     epoch: 0-based; final_epoch: the last the run may reach.
-    losses: the epoch's mean loss parts.
     train_s, steps_per_s, eval_s: the epoch's timing.
     eta_s: an upper bound on the rest of the run (early stopping).
-    valid, test: the formatted metrics (`train.format_metrics`).
-    improved: a new best validation metric.
+    runs: per run: 'losses' (the epoch's mean loss parts), 'valid' and
+      'test' (formatted metrics, `format_metrics`), 'improved' (a new best
+      validation metric), and for a stack 'label' (e.g. 'run 1 (seed 1)')
+      and 'stopped' (early stop or divergence this epoch: its reason).
   """
   from mentor_jax import progress  # pylint: disable=g-import-not-at-top
-  parts = ' + '.join(f'{k} {v:.4g}' for k, v in losses.items())
   head = (f'epoch {epoch}/{final_epoch}  train {train_s:.2f}s '
           f'({steps_per_s:.1f} steps/s)  eval {eval_s:.2f}s  '
-          f'ETA <= {progress.format_duration(eta_s)}  '
-          f'loss {sum(losses.values()):.4f} = {parts}')
-  return (f'{head}\n  valid {valid}  |  test {test}'
-          + ('  * best' if improved else ''))
+          f'ETA <= {progress.format_duration(eta_s)}')
+  if len(runs) == 1 and 'label' not in runs[0]:
+    run = runs[0]
+    return (f'{head}  {_losses(run["losses"])}\n  valid {run["valid"]}  |  '
+            f'test {run["test"]}' + ('  * best' if run['improved'] else ''))
+  lines = [head]
+  for run in runs:
+    if 'valid' not in run:  # Diverged: no metrics this epoch.
+      lines.append(f'  {run["label"]}: {run["stopped"]}')
+      continue
+    lines.append(f'  {run["label"]}: {_losses(run["losses"])}  |  valid '
+                 f'{run["valid"]}  |  test {run["test"]}'
+                 + ('  * best' if run['improved'] else '')
+                 + (f'  ({run["stopped"]})' if run.get('stopped') else ''))
+  return '\n'.join(lines)
 
 
 class transient:  # pylint: disable=invalid-name

@@ -1,15 +1,16 @@
 """Scale-out: many devices and many hosts with `jax.sharding` (issue #8).
 
-The trainer keeps its single-device code (`train.train_epoch`); this module
+The trainer keeps its single-device code (`epoch.py`); this module
 
   * starts multi-host JAX (`initialize`) from the config or the environment;
   * builds the NamedShardings of the train state and the constant data over
     the 'data' mesh (`mesh.py`): replicated, or the large tables split by
     rows when `config.shard_tables`;
-  * re-jits `train_epoch` with explicit in/out shardings under the mesh
-    (`Runner.train_epoch`). XLA's SPMD partitioner splits the work; the
-    training batch is pinned to the 'data' axis by `mesh.constrain_batch`,
-    which `train_epoch` calls (a no-op without a mesh);
+  * compiles the epoch's programs with explicit in/out shardings under the
+    mesh (`Runner.compile_epoch`). XLA's SPMD partitioner splits the work;
+    the training batch is pinned to the 'data' axis by
+    `mesh.constrain_batch`, which `epoch.begin_epoch` calls (a no-op
+    without a mesh);
   * ranks users for full-ranking evaluation device by device
     (`ShardedEvaluator`), with exactly the single-device results.
 The row-sharded InfoNCE is an operator like the others: `ops.infonce`.
@@ -24,18 +25,19 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mentor_jax import epoch as epoch_lib
 from mentor_jax import mesh as mesh_lib
 from mentor_jax import metrics as metrics_lib
 from mentor_jax.mesh import AXIS
 
-# Parameter / optimizer-state leaves whose first axis is users or items;
-# `shard_tables=True` splits them (and the item features) by rows.
-TABLE_NAMES = ('preference', 'weight_u', 'id_feat')
+# The data's item features, split by rows with `shard_tables=True` (the
+# parameters that are tables are each family's `table_params`).
 DATA_TABLES = ('feat_v', 'feat_t')
 
 
@@ -114,11 +116,11 @@ def to_global(tree: Any, shardings: Any) -> Any:
 
 
 class Runner:
-  """Places the train state and data on a mesh and re-jits the trainer.
+  """Places the train state and data on a mesh and compiles the epoch there.
 
   With one device in one process `active` is False and every method returns
-  its input unchanged, so single-device runs keep the exact code path of
-  `train.py`.
+  its input unchanged (or the plain jitted programs), so single-device runs
+  keep the exact code path of `epoch.py`.
   """
 
   def __init__(self, mesh: jax.sharding.Mesh, shard_tables: bool = False):
@@ -138,67 +140,64 @@ class Runner:
   def active(self) -> bool:
     return self.mesh.size > 1 or jax.process_count() > 1
 
-  def place(self, state: Any, rest: Any, data: Any) -> tuple[Any, Any, Any]:
-    """Global arrays: tables split by rows if `shard_tables`, else copies."""
+  def place(self, state: Any, rest: Any, data: Any,
+            table_params: Sequence[str] = ()) -> tuple[Any, Any, Any]:
+    """Global arrays: the family's tables (`table_params`) and the item
+    features split by rows if `shard_tables`, everything else copied."""
     if not self.active:
       return state, rest, data
-    names = TABLE_NAMES if self.shard_tables else ()
+    names = tuple(table_params) if self.shard_tables else ()
     data_names = DATA_TABLES if self.shard_tables else ()
     self._shardings = (tree_shardings(self.mesh, state, names),
                        tree_shardings(self.mesh, rest),
                        tree_shardings(self.mesh, data, data_names))
+    if self.shard_tables:
+      _warn_unsplit(state.params, self._shardings[0].params, names,
+                    self.mesh.shape[AXIS])
     return tuple(to_global(t, s) for t, s in zip((state, rest, data),
                                                   self._shardings))
 
-  def wrap_epoch(self, train_epoch: Callable[..., Any]) -> Callable[..., Any]:
-    """`train_epoch` with explicit in/out shardings, traced under the mesh.
+  def compile_epoch(self, state: Any, rest: Any, data: Any, *,
+                    graphdef: Any, family: Any,
+                    hp: Any) -> epoch_lib.CompiledEpoch:
+    """The epoch's two programs (`epoch.py`), compiled ahead of time for
+    these arguments; under a mesh with explicit in/out shardings.
 
-    The inner jit is inlined into this one; XLA's SPMD partitioner splits
-    the batch-dependent work (pinned by `mesh.constrain_batch`) and whatever the
-    table shardings imply, and inserts the collectives.
+    XLA's SPMD partitioner splits the batch-dependent work (pinned by
+    `mesh.constrain_batch`) and whatever the table shardings imply, and
+    inserts the collectives. The carry between the programs keeps the
+    shardings the first one gives it.
     """
+    statics = dict(graphdef=graphdef, family=family, hp=hp)
     if not self.active:
-      return train_epoch
-    jitted = self._sharded_epoch(train_epoch)
-
-    def call(state, rest, data, *, graphdef, family, hp):
-      with jax.set_mesh(self.mesh):
-        return jitted(state, rest, data, graphdef, family, hp)
-    return call
-
-  def compile_epoch(self, train_epoch: Callable[..., Any], state: Any,
-                    rest: Any, data: Any, *, graphdef: Any, family: Any,
-                    hp: Any) -> Callable[[Any, Any, Any], Any]:
-    """`wrap_epoch`, compiled ahead of time for these arguments' shapes.
-
-    Returns:
-      f(state, rest, data) -> train_epoch's outputs.
-    """
-    if not self.active:
-      return train_epoch.lower(state, rest, data, graphdef=graphdef,
-                               family=family, hp=hp).compile()
-    with jax.set_mesh(self.mesh):
-      compiled = self._sharded_epoch(train_epoch).lower(
-          state, rest, data, graphdef, family, hp).compile()
-
-    def call(state, rest, data):
-      with jax.set_mesh(self.mesh):
-        return compiled(state, rest, data)
-    call.memory_analysis = compiled.memory_analysis  # For the start-up block.
-    return call
-
-  def _sharded_epoch(self, train_epoch: Callable[..., Any]):
+      return epoch_lib.compile_programs(
+          lambda: epoch_lib.begin_program.lower(state, rest, data,
+                                                **statics),
+          lambda epoch, a, b: epoch_lib.steps_program.lower(
+              epoch, rest, data, a, b, **statics))
     state_sh, rest_sh, data_sh = self._shardings
-    return jax.jit(
-        lambda state, rest, data, graphdef, family, hp: train_epoch(
-            state, rest, data, graphdef=graphdef, family=family, hp=hp),
-        static_argnames=('graphdef', 'family', 'hp'), donate_argnums=0,
-        in_shardings=(state_sh, rest_sh, data_sh),
-        out_shardings=(state_sh, self.replicated, self.replicated))
+    rep = self.replicated
+    begin_out = epoch_lib.Epoch(state_sh, None, None, rep, rep, rep, rep)
+    begin = jax.jit(
+        lambda s, r, d: epoch_lib.begin_epoch(s, r, d, **statics),
+        donate_argnums=0, in_shardings=(state_sh, rest_sh, data_sh),
+        out_shardings=begin_out)
+    with jax.set_mesh(self.mesh):
+      lowered = begin.lower(state, rest, data)
+      epoch_sh = lowered.compile().output_shardings
+      steps = jax.jit(
+          lambda e, r, d, a, b: epoch_lib.steps_with_marker(
+              e, r, d, a, b, **statics),
+          donate_argnums=0,
+          in_shardings=(epoch_sh, rest_sh, data_sh, rep, rep),
+          out_shardings=(epoch_sh, rep))
+      return epoch_lib.compile_programs(
+          lambda: lowered, lambda epoch, a, b: steps.lower(
+              epoch, rest, data, a, b))
 
   def wrap_scores(self, clean_scores: Callable[..., Any]
                   ) -> Callable[..., Any]:
-    """`train.clean_scores` with replicated outputs, under the mesh."""
+    """`epoch.clean_scores` with replicated outputs, under the mesh."""
     if not self.active:
       return clean_scores
     jitted = jax.jit(
@@ -217,6 +216,21 @@ class Runner:
     if not self.active:
       return default
     return ShardedEvaluator(dataset, config, self.mesh)
+
+
+def _warn_unsplit(params: Any, shardings: Any, names: Sequence[str],
+                  n: int) -> None:
+  """Says which named tables stay whole (their rows do not split evenly)."""
+  whole = []
+  for (path, x), sh in zip(jax.tree_util.tree_leaves_with_path(params),
+                           jax.tree.leaves(shardings)):
+    key = jax.tree_util.keystr(path)
+    if any(name in key for name in names) and sh.spec == P():
+      whole.append(f'{key} ({x.shape[0]} rows)')
+  if whole:
+    logging.warning('shard_tables: %s not split over the %d devices (rows '
+                    'split only in equal parts), kept whole on each',
+                    ', '.join(whole), n)
 
 
 class _SplitPlan:
@@ -262,7 +276,7 @@ class _SplitPlan:
 
 
 class ShardedEvaluator:
-  """`train.Evaluator` with the users of each split divided over devices.
+  """`metrics.Evaluator` with the users of each split divided over devices.
 
   Each device ranks its own users against all items with the single-device
   kernel (`metrics._rank_chunks`); the top-K lists are all-gathered so

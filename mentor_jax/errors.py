@@ -62,6 +62,10 @@ class TrainingDivergedError(UserError, FloatingPointError):
   exit_code = 7
 
 
+class ResultFileError(UserError, ValueError):
+  """A result file (result.json, per_user_*.npz) is missing or malformed."""
+
+
 # data_prep cannot import this package: its DataError carries its own
 # status (3) in the same table.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})

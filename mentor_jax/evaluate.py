@@ -33,11 +33,11 @@ from data_prep.format import DataError
 from mentor_jax import checkpointing
 from mentor_jax import data as data_lib
 from mentor_jax import datasets
+from mentor_jax import epoch as epoch_lib
 from mentor_jax import errors
 from mentor_jax import metrics as metrics_lib
 from mentor_jax import registry
-from mentor_jax import stack
-from mentor_jax import train
+from mentor_jax import rundirs
 from mentor_jax import workdir as workdir_lib
 
 KS = (5, 10, 20, 50)
@@ -173,10 +173,11 @@ def embeddings(restored: Restored, mode: str = 'auto'
   config, dataset = restored.config, restored.dataset
   family = registry.get(config.model)
   # The same static settings as training, hence the same compiled scorer.
-  hp = train.make_hparams(family, config, dataset)
+  hp = epoch_lib.make_hparams(family, config, dataset)
   data = data_lib.to_device(dataset, config.knn_k)
-  scores = train.clean_scores(restored.params, restored.rest, data,
-                              graphdef=restored.graphdef, family=family, hp=hp)
+  scores = epoch_lib.clean_scores(restored.params, restored.rest, data,
+                                  graphdef=restored.graphdef, family=family,
+                                  hp=hp)
   return scores, mode
 
 
@@ -225,7 +226,7 @@ def checkpoint_path(args: argparse.Namespace) -> pathlib.Path:
     if args.run is not None:
       raise errors.ConfigError('--run goes with --workdir, not --checkpoint')
     return pathlib.Path(args.checkpoint)
-  return stack.run_dir(args.workdir, args.run)
+  return rundirs.run_dir(args.workdir, args.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,7 +85,8 @@ def event_files(logdir: str | pathlib.Path) -> list[pathlib.Path]:
 
 
 class TensorBoardWriter:
-  """Writes each epoch's record as one TensorBoard event.
+  """Writes each epoch's record as one TensorBoard event (a
+  `writers.MetricWriter`).
 
   Args:
     logdir: the run's workdir.
@@ -131,12 +132,3 @@ class TensorBoardWriter:
   def close(self) -> None:
     self._writer.close()
 
-
-class NullWriter:
-  """`TensorBoardWriter`'s interface, writing nothing (processes but 0)."""
-
-  def write(self, record: dict[str, Any], **unused: Any) -> None:
-    del record, unused
-
-  def close(self) -> None:
-    pass

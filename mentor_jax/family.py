@@ -1,17 +1,34 @@
 """What the trainer needs from a model: the `ModelFamily` interface.
 
-MENTOR and the baselines (MF-BPR, LightGCN, FREEDOM) share the data layer,
-the compiled epoch, evaluation and checkpoints; each family supplies only
-these functions. `registry.get(config.model)` returns one.
+Every model (MENTOR, the MMRec baselines, ...) shares the data layer, the
+compiled epoch, evaluation, checkpoints and stacking; a family supplies the
+functions that make it that model, and owns its training where it differs
+from MMRec's one-optimizer BPR loop. `registry.get(config.model)` returns
+one. docs/ADDING_A_MODEL.md is the guide.
+
+An epoch, as the trainer runs it (`epoch.py`), calls the hooks in order:
+
+  batches = epoch_batches(key, data, hp)        # [n_steps, ...] pytree
+  start = epoch_setup(ctx, params, opt_state, key)
+  for each step i:                              # one lax loop
+    params, opt_state, parts, scores = train_step(ctx, params, opt_state,
+                                                  batches[i], key_i, i)
+
+with `ctx.tx = make_optimizer(hp)` and `ctx.aux = start.aux`. Every hook is
+a pure function of pytrees, so runs stack (vmap or scan over runs), shard
+and checkpoint without the family's help; each defaults to MMRec's trainer.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
 
 from mentor_jax import config_spec as spec_lib
 from mentor_jax import data as data_lib
@@ -54,57 +71,217 @@ LossOutput = tuple[jax.Array, tuple[dict[str, jax.Array],
                                     tuple[jax.Array, jax.Array]]]
 
 
-def identity_epoch_setup(data: data_lib.DeviceData, key: jax.Array,
-                         hp: Any) -> data_lib.DeviceData:
-  del key, hp
-  return data
+class EpochContext(NamedTuple):
+  """What an epoch's hooks read besides the parameters (static in a trace).
+
+  Attributes:
+    family: the model family.
+    graphdef, rest: the model's structure and non-trainable state
+      (`nnx.split(model, nnx.Param, ...)`).
+    data: the constant device data.
+    hp: the static settings (traced values for a swept field of a stack).
+    tx: `family.make_optimizer(hp)`.
+    aux: what `epoch_setup` built for this epoch (None by default).
+  """
+
+  family: 'ModelFamily'
+  graphdef: nnx.GraphDef
+  rest: Any
+  data: data_lib.DeviceData
+  hp: TrainHparams
+  tx: optax.GradientTransformation
+  aux: Any = None
+
+  def model(self, params: Any) -> nnx.Module:
+    return nnx.merge(self.graphdef, params, self.rest)
+
+  def loss(self, params: Any, batch: Any, key: jax.Array) -> LossOutput:
+    """The family's loss at `params` for one batch."""
+    return self.family.loss(self.model(params), self.data, batch, key,
+                            self.hp, self.aux)
+
+
+class EpochStart(NamedTuple):
+  """What `epoch_setup` hands to the epoch's steps.
+
+  Attributes:
+    params, opt_state: the state the steps start from (a family that
+      trains a part of the model before the steps, e.g. DiffMM's denoisers,
+      returns the updated ones; the others return theirs unchanged).
+    aux: a pytree every step reads as `ctx.aux` (e.g. this epoch's pruned
+      graph, or the item graph built from the epoch's first parameters).
+    parts: {name: [n]} loss parts of a phase run here, logged with the
+      steps' parts (their mean is the epoch's value); None if none.
+  """
+
+  params: Any
+  opt_state: Any
+  aux: Any = None
+  parts: dict[str, jax.Array] | None = None
+
+
+class StepOutput(NamedTuple):
+  params: Any
+  opt_state: Any
+  parts: dict[str, jax.Array]  # scalars, one value per step in the log
+  scores: tuple[jax.Array, jax.Array]  # (user, item) of this step's forward
+
+
+# --- the default hooks: MMRec's trainer --------------------------------------
+
+
+def mmrec_schedule(hp: TrainHparams) -> optax.ScalarOrSchedule:
+  """MMRec's learning rate as an optax schedule (count -> rate).
+
+  MMRec steps torch's LambdaLR once per epoch with factor ** (epoch /
+  every); `optax.exponential_decay(lr, steps_per_epoch, factor ** (1 /
+  every), staircase=True)` is the same rate in exact arithmetic but rounds
+  differently (up to 4e-7 relative in float32; tests/test_family.py), so
+  the exponent is computed as MMRec computes it. A constant rate (factor 1)
+  stays a plain float, which keeps optax's plain Adam state.
+  """
+  if hp.lr_decay == 1.0:
+    return hp.learning_rate
+
+  def learning_rate(count):
+    epoch = (count // hp.steps_per_epoch).astype(jnp.float32)
+    return hp.learning_rate * hp.lr_decay ** (epoch / hp.lr_decay_every)
+  return learning_rate
+
+
+def adam(hp: TrainHparams) -> optax.GradientTransformation:
+  """MMRec's optimizer: Adam, weight decay 0, its learning-rate schedule."""
+  return optax.adam(mmrec_schedule(hp), b1=0.9, b2=0.999, eps=1e-8)
+
+
+def adam_with_l2(weight_decay: float) -> Callable[[TrainHparams],
+                                                  optax.GradientTransformation]:
+  """torch's `Adam(weight_decay=w)`: w * params added to the gradient
+  before Adam's moments (coupled L2, not AdamW's decoupled decay), as
+  MMRec's trainer builds it from a model yaml's `weight_decay`."""
+  def make(hp: TrainHparams) -> optax.GradientTransformation:
+    return optax.chain(optax.add_decayed_weights(weight_decay), adam(hp))
+  return make
+
+
+def triple_batches(key: jax.Array, data: data_lib.DeviceData,
+                   hp: TrainHparams) -> data_lib.Batches:
+  """MMRec's sampler: shuffled (user, positive, negative) rows."""
+  return data_lib.epoch_batches(key, data, hp.batch_size, hp.max_row_len)
+
+
+def no_epoch_setup(ctx: EpochContext, params: Any, opt_state: Any,
+                   key: jax.Array) -> EpochStart:
+  del ctx, key
+  return EpochStart(params, opt_state)
+
+
+def apply_gradients(ctx: EpochContext, loss_fn: Callable[..., LossOutput],
+                    params: Any, opt_state: Any, *args: Any) -> StepOutput:
+  """One optimizer step on `loss_fn(params, *args)` with `ctx.tx`."""
+  (_, (parts, scores)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(params, *args)
+  updates, opt_state = ctx.tx.update(grads, opt_state, params)
+  return StepOutput(optax.apply_updates(params, updates), opt_state, parts,
+                    scores)
+
+
+def gradient_step(ctx: EpochContext, params: Any, opt_state: Any, batch: Any,
+                  key: jax.Array, index: jax.Array) -> StepOutput:
+  """MMRec's step: the gradient of the loss, one update."""
+  del index
+  return apply_gradients(ctx, ctx.loss, params, opt_state, batch, key)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelFamily:
-  """The functions that define a model for the shared trainer.
+  """The functions and facts that define a model for the shared trainer.
 
-  Attributes:
+  Required:
     name: the `config.model` value.
+    hparams: its frozen TrainHparams subclass: everything static the loss
+      reads (`make_hparams`).
     create_model: (config, dataset) -> nnx.Module with nnx.Param leaves.
-    make_hparams: (config, **overrides) -> a frozen TrainHparams subclass;
-      everything static the loss needs.
-    loss: (model, data, batch, key, hp) -> LossOutput, traced under jit.
+    loss: (model, data, batch, key, hp, aux=None) -> LossOutput, traced
+      under jit; `aux` is what `epoch_setup` built.
     score: (model, data, hp) -> (user_emb, item_emb) for full ranking with
       the current parameters (no randomness).
-    epoch_setup: (data, epoch_key, hp) -> data, run once per epoch inside the
-      compiled epoch (e.g. FREEDOM's degree-sensitive edge pruning).
+
+  Training hooks (module docstring), each defaulting to MMRec's trainer:
+    make_optimizer: hp -> optax.GradientTransformation (`adam`; e.g.
+      `adam_with_l2(1e-4)`, or `optax.multi_transform` for two optimizers).
+    epoch_batches: (key, data, hp) -> pytree with a leading [n_steps] axis
+      (`triple_batches`; e.g. batches of user rows).
+    epoch_setup: (ctx, params, opt_state, key) -> EpochStart, once per epoch
+      before the steps (`no_epoch_setup`; e.g. a pruned graph as `aux`).
+    train_step: (ctx, params, opt_state, batch, key, index) -> StepOutput
+      (`gradient_step`; e.g. alternating updates of two parameter groups).
+
+  Stacking (`config.sweep`, stack.py):
+    sweepable: Hparams fields a stack may vary as traced values: used only
+      in arithmetic, never for a shape or a Python branch. `learning_rate`
+      is sweepable for all.
+    gated: weights whose zero removes a term (a different program): a stack
+      never mixes zero and non-zero values of those; the family tests them
+      with `is_on`.
+
+  Metadata:
+    display_name: as papers print it (report tables); default `name`.
+    table_params: parameter names (a substring of the leaf's path) whose
+      leading axis is users or items: split by rows over the devices with
+      `config.shard_tables`.
+    report_keys: the settings that tell two runs of this model apart in a
+      report, besides the learning rate and reg_weight.
     config_spec: the config keys this model reads, each with its allowed
       values (`config_spec.Spec`); with the trainer's keys these are all a
       config may hold (`config_spec.validate`).
+    defaults: config values beyond the Hparams defaults: keys read outside
+      the Hparams (e.g. `embedding_size`), the trainer settings this model
+      changes (e.g. MENTOR's learning rate), and its `grid`
+      (`config_defaults`).
   """
 
   name: str
+  hparams: type[TrainHparams]
   create_model: Callable[..., Any]
-  make_hparams: Callable[..., TrainHparams]
   loss: Callable[..., LossOutput]
   score: Callable[..., tuple[jax.Array, jax.Array]]
-  epoch_setup: Callable[..., data_lib.DeviceData] = identity_epoch_setup
-  # Optional, together: a model whose later steps reuse what the epoch's
-  # first step built (LATTICE's item graph, MMRec's `build_item_graph`).
-  # epoch_state: (model, data, hp) -> pytree, from the epoch's starting
-  # parameters, without gradient; loss_after_first_step: (model, data,
-  # batch, key, hp, epoch_state) -> LossOutput for steps 2..n; step 1 runs
-  # `loss`.
-  epoch_state: Callable[..., Any] | None = None
-  loss_after_first_step: Callable[..., LossOutput] | None = None
-  # Hparams fields a stack of runs may vary as traced values
-  # (`config.sweep`, stack.py): the loss uses them only in arithmetic, never
-  # for a shape or a Python branch. `learning_rate` is sweepable for all.
-  # `gated` ones are weights whose zero removes a term (a different
-  # program): a stack never mixes zero and non-zero values of those, and
-  # the family tests them with `is_on`.
+  make_optimizer: Callable[[TrainHparams],
+                           optax.GradientTransformation] = adam
+  epoch_batches: Callable[..., Any] = triple_batches
+  epoch_setup: Callable[..., EpochStart] = no_epoch_setup
+  train_step: Callable[..., StepOutput] = gradient_step
   sweepable: frozenset[str] = frozenset()
   gated: frozenset[str] = frozenset()
-  # Not part of the jit cache key (a dict is unhashable; the functions
+  display_name: str = ''
+  table_params: tuple[str, ...] = ()
+  report_keys: tuple[str, ...] = ()
+  # Not part of the jit cache key (dicts are unhashable; the functions
   # above already identify the family).
   config_spec: Mapping[str, spec_lib.Spec] = dataclasses.field(
       default_factory=dict, compare=False, hash=False)
+  defaults: Mapping[str, Any] = dataclasses.field(
+      default_factory=dict, compare=False, hash=False)
+
+  @property
+  def title(self) -> str:
+    return self.display_name or self.name
+
+  def make_hparams(self, config: Any, **overrides) -> TrainHparams:
+    """The static settings of `config` (`TrainHparams.from_config`)."""
+    return self.hparams.from_config(config, **overrides)
+
+  def config_defaults(self) -> dict[str, Any]:
+    """Every config key of this model with its default value.
+
+    The Hparams fields that are config keys (in `config_spec`) with their
+    dataclass defaults, then `defaults`. A dataset config starts from
+    these (configs/base.py), so no config restates them.
+    """
+    out = {f.name: f.default for f in dataclasses.fields(self.hparams)
+           if f.name in self.config_spec}
+    out.update(self.defaults)
+    return out
 
 
 def is_on(weight: Any) -> bool:

@@ -29,9 +29,8 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-# Importing train defines the --config and --workdir flags this CLI shares.
-from mentor_jax import console
 from mentor_jax import errors
+from mentor_jax import main as main_lib
 from mentor_jax import registry
 from mentor_jax import stack
 from mentor_jax import train
@@ -285,7 +284,7 @@ def main(argv):
 
 def cli() -> None:
   """`mentor-grid` and `python -m mentor_jax.grid`."""
-  console.run_config_command(main)
+  main_lib.run_config_command(main)
 
 
 if __name__ == '__main__':

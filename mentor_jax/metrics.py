@@ -361,6 +361,38 @@ def evaluate_splits(
   return out
 
 
+class Evaluator:
+  """Full-ranking Recall/NDCG of a dataset's valid and test splits.
+
+  Args:
+    dataset: a `data.Dataset` (its split CSRs stay on the host).
+    ks: the cut-offs (config.topk).
+    chunk_size: users ranked at a time (config.eval_batch_size).
+  """
+
+  def __init__(self, dataset, ks: Sequence[int], chunk_size: int):
+    self._train = dataset.split('train')
+    self._splits = {s: dataset.split(s) for s in ('valid', 'test')}
+    self._ks = tuple(ks)
+    self._chunk = int(chunk_size)
+
+  @classmethod
+  def for_config(cls, dataset, config) -> 'Evaluator':
+    return cls(dataset, config.topk, config.eval_batch_size)
+
+  def __call__(self, user_emb, item_emb) -> dict[str, dict[str, float]]:
+    # One ranking pass serves both splits (they share the training mask).
+    return evaluate_splits(user_emb, item_emb, self._splits, *self._train,
+                           ks=self._ks, chunk_size=self._chunk)
+
+  def per_user(self, user_emb, item_emb, split: str
+               ) -> dict[str, np.ndarray]:
+    """Per-user metrics of `split` (`per_user_metrics`)."""
+    return per_user_metrics(user_emb, item_emb, *self._splits[split],
+                            *self._train, ks=self._ks,
+                            chunk_size=self._chunk)
+
+
 def popularity_scores(train_items: np.ndarray, n_items: int) -> np.ndarray:
   """Training-interaction count per item (duplicates counted), float32 [I].
 

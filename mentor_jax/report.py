@@ -5,7 +5,7 @@
   python -m mentor_jax.report --compare runs/freedom runs/mentor
   python -m mentor_jax.report --compare runs/a1,runs/a2 runs/b1,runs/b2
 
-Each RUN_DIR is a `train.train_and_evaluate` workdir: `config.json` plus
+Each RUN_DIR is a training workdir (rundirs.py): `config.json` plus
 `result.json` (test metrics at the best-valid epoch). A run without
 `result.json` (stopped or still running) is reported from its
 `metrics.jsonl` with the same best-valid rule, and marked as unfinished.
@@ -48,6 +48,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from mentor_jax import errors
+from mentor_jax import registry
+from mentor_jax import rundirs
 from mentor_jax import stats
 from mentor_jax import workdir as workdir_lib
 
@@ -69,19 +71,12 @@ PAPER = {
     ('mentor', 'clothing'): (.0668, .0989, .0360, .0441),
 }
 
-MODEL_NAMES = {'mfbpr': 'MF-BPR', 'lightgcn': 'LightGCN',
-               'freedom': 'FREEDOM', 'mentor': 'MENTOR', 'vbpr': 'VBPR',
-               'bm3': 'BM3', 'lgmrec': 'LGMRec', 'mmgcn': 'MMGCN',
-               'lattice': 'LATTICE'}
-
-
-def read_metrics(run_dir: str | pathlib.Path) -> list[dict[str, Any]]:
-  """The records of `<run_dir>/metrics.jsonl` (`train.MetricWriter`).
-
-  [] when the file does not exist yet. A line that a running trainer has
-  not finished writing (or a full disk cut short) is skipped.
-  """
-  return workdir_lib.read_jsonl(pathlib.Path(run_dir) / 'metrics.jsonl')
+def model_name(model: str) -> str:
+  """As papers print it (the family's display name), else as given."""
+  try:
+    return registry.get(model).title
+  except errors.ConfigError:  # A model this version does not know.
+    return model
 
 
 def _best_from_log(log: list[dict[str, Any]], metric: str) -> dict[str, Any]:
@@ -97,7 +92,7 @@ def load_run(run_dir: pathlib.Path) -> dict[str, Any] | None:
   Returns None for a run that has not finished an epoch yet.
   """
   config = json.loads((run_dir / 'config.json').read_text())
-  log = read_metrics(run_dir)
+  log = rundirs.read_metrics(run_dir)
   result_path = run_dir / 'result.json'
   if result_path.exists():
     result, finished = json.loads(result_path.read_text()), True
@@ -131,8 +126,8 @@ def load_stack(workdir: pathlib.Path) -> list[dict[str, Any]]:
   'overrides', 'summary' (`stats.summary_of_runs` of their results)}.
   Runs that have not finished an epoch are left out; [] when none has.
   """
-  dirs = stats.run_dirs(workdir)
-  top = stats.read_result(workdir)
+  dirs = rundirs.run_dirs(workdir)
+  top = rundirs.read_result(workdir)
   entries = top['runs'] if top is not None else [None] * len(dirs)
   members = []
   for d, entry in zip(dirs, entries):
@@ -162,7 +157,7 @@ def load_stack(workdir: pathlib.Path) -> list[dict[str, Any]]:
     try:
       summary = stats.summary_of_runs([run['result'] for run in runs])
     except ValueError as e:
-      raise stats.ResultFileError(f'{workdir}: {e}') from e
+      raise errors.ResultFileError(f'{workdir}: {e}') from e
     rows.append(dict(runs[0], dir=str(workdir), stack={
         'runs': runs, 'ks': [k for k, _, _ in cell],
         'seeds': [run['config'].get('seed') for run in runs],
@@ -181,10 +176,13 @@ def _value(x: Any) -> str:
 
 
 def _settings(config: dict[str, Any], extra: Sequence[str] = ()) -> str:
-  """The settings that tell runs of one model apart (and the `extra` keys)."""
-  keys = {'lightgcn': ('n_layers',), 'freedom': ('dropout',),
-          'mentor': ('mask_weight_g', 'temp')}.get(config['model'], ())
-  keys = ('learning_rate', 'reg_weight') + keys
+  """The settings that tell runs of one model apart (and the `extra` keys):
+  the learning rate, reg_weight and the family's `report_keys`."""
+  try:
+    own = registry.get(config['model']).report_keys
+  except errors.ConfigError:
+    own = ()
+  keys = ('learning_rate', 'reg_weight') + tuple(own)
   keys += tuple(k for k in extra if k not in keys)
   return ', '.join(f'{k.removesuffix("_weight")}={_value(config[k])}'
                    .replace('learning_rate', 'lr')
@@ -281,7 +279,7 @@ def render(runs: Sequence[dict[str, Any]], notes: str = '',
       settings = _settings(c, list(stack['overrides']))
     stop = _stop(c, [run] if stack is None else stack['runs'])
     lines.append('| ' + ' | '.join([
-        MODEL_NAMES.get(c['model'], c['model']), dataset, settings,
+        model_name(c['model']), dataset, settings,
         *cells,
         _fmt(paper[1] if paper else None), _fmt(paper[3] if paper else None),
         best, stop, f'{run["s_per_epoch"]:.2f}', where]) + ' |')
@@ -303,7 +301,7 @@ def render(runs: Sequence[dict[str, Any]], notes: str = '',
     for run in stacked:
       c, stack = run['config'], run['stack']
       lines.append('| ' + ' | '.join([
-          MODEL_NAMES.get(c['model'], c['model']), c['dataset'],
+          model_name(c['model']), c['dataset'],
           _settings(c, list(stack['overrides'])), str(len(stack['runs'])),
           _seeds(stack['seeds']),
           *(_interval(stack['summary']['test'].get(m)) for m in METRICS),
@@ -329,16 +327,16 @@ def load_side(workdirs: Sequence[pathlib.Path]) -> list[dict[str, Any]]:
   for workdir in workdirs:
     if not workdir.is_dir():
       raise errors.UserError(f'{workdir}: no such workdir')
-    top = stats.read_result(workdir)
+    top = rundirs.read_result(workdir)
     if top is None:
-      raise stats.ResultFileError(
+      raise errors.ResultFileError(
           f'{workdir / "result.json"} not found: the run has not finished '
           '(or is still running); --compare needs finished runs')
     entries = top['runs'] if 'runs' in top else [top]
-    for d, entry in zip(stats.run_dirs(workdir), entries):
+    for d, entry in zip(rundirs.run_dirs(workdir), entries):
       config_path = d / 'config.json'
       if not config_path.exists():
-        raise stats.ResultFileError(f'{config_path} not found')
+        raise errors.ResultFileError(f'{config_path} not found')
       runs.append({'dir': d, 'config': json.loads(config_path.read_text()),
                    'result': entry, 'source': workdir / 'result.json'})
   return runs
@@ -382,7 +380,7 @@ def compare(side_a: Sequence[pathlib.Path], side_b: Sequence[pathlib.Path],
       found = run['result'].get(split, {})
       missing = [m for m in metrics if m not in found]
       if missing:
-        raise stats.ResultFileError(
+        raise errors.ResultFileError(
             f'{run["source"]}: run {run["dir"]} has no {split} '
             f'{", ".join(missing)}; it has {sorted(found)}')
     values[name] = {m: [float(r['result'][split][m]) for r in side]
@@ -393,8 +391,8 @@ def compare(side_a: Sequence[pathlib.Path], side_b: Sequence[pathlib.Path],
       per_user[name] = stats.load_per_user(side, split)
       missing = [m for m in metrics if m not in per_user[name]]
       if missing:
-        first = stats.run_dirs(side[0])[0] / f'per_user_{split}.npz'
-        raise stats.ResultFileError(
+        first = rundirs.run_dirs(side[0])[0] / f'per_user_{split}.npz'
+        raise errors.ResultFileError(
             f'{first} (and every per-user file of side {name}): no per-user '
             f'{", ".join(missing)}; found '
             f'{sorted(k for k in per_user[name] if k != "users")}')
@@ -589,8 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       epilog='Outputs default into the workdir when there is one RUN_DIR; '
       'files git tracks are never written.')
   parser.add_argument('runs', nargs='*', type=pathlib.Path,
-                      help='workdirs of train.train_and_evaluate (single '
-                      'or stacked runs)')
+                      help='training workdirs (single or stacked runs)')
   parser.add_argument('--compare', nargs=2, metavar=('A', 'B'),
                       help='compare B against A instead: each a workdir or '
                       'several joined by commas (their runs pooled)')
@@ -643,13 +640,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       check_output(args.png, overwrite=args.overwrite)
     runs, curves = [], []
     for d in dirs:
-      if stats.is_stack(d):
+      if rundirs.is_stack(d):
         rows = load_stack(d)
         if not rows:
           print(f'skipped {d}: no run of the stack has finished an epoch')
         runs += rows
         curves += [(f'{run_label(d, dirs)}/{k}', member['config'],
-                    read_metrics(member['dir']))
+                    rundirs.read_metrics(member['dir']))
                    for row in rows
                    for k, member in zip(row['stack']['ks'],
                                         row['stack']['runs'])]
@@ -659,7 +656,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'skipped {d}: no config.json or no finished epoch')
         continue
       runs.append(run)
-      curves.append((run_label(d, dirs), run['config'], read_metrics(d)))
+      curves.append((run_label(d, dirs), run['config'],
+                     rundirs.read_metrics(d)))
     if not runs:
       parser.error('no RUN_DIR holds a config.json and a finished epoch')
     notes = args.notes.read_text() if args.notes else ''

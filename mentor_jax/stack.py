@@ -8,17 +8,17 @@ times the seeds (fastest of all). They differ only in what a traced value
 can carry: the seed (parameters, shuffles, negatives, dropout masks) and the
 family's `sweepable` hyper-parameters (`ModelFamily.sweepable`, plus
 `learning_rate`). Their parameters, Adam states, PRNG keys and swept values
-are stacked on a leading axis, and one jitted map of the trainer's epoch
-program (`train.epoch_program`) over them trains all runs on ONE copy of
-the data: a `vmap` on a GPU/TPU, a scan over the runs on a CPU
-(`config.stack_parallel`, `over_runs`). Settings that change shapes or
+are stacked on a leading axis, and one jitted map of each of the epoch's
+programs (`epoch.begin_epoch`, `epoch.run_steps`) over them trains all runs
+on ONE copy of the data: a `vmap` on a GPU/TPU, a scan over the runs on a
+CPU (`config.stack_parallel`, `over_runs`). Settings that change shapes or
 code (kernels, k, layers, the paper switches, the model) cannot be swept:
 `mentor_jax.grid` groups cells by them and stacks the rest.
 
 Each run keeps its own early stopping: once it stops, its state stops
 changing (the stack still computes it; its results are discarded), and its
-best epoch is kept. On disk, `<workdir>/runs/<k>/` is laid out as a
-single run's workdir (config.json with the run's seed and values,
+best epoch is kept. On disk (rundirs.py), `<workdir>/runs/<k>/` is laid
+out as a single run's workdir (config.json with the run's seed and values,
 metrics.jsonl, result.json, per_user_test.npz, checkpoints/best), so that
 evaluate, recommend and report read a run of a stack as any run
 (`--run K`); `<workdir>/checkpoints/latest` holds the stacked state that a
@@ -28,14 +28,11 @@ std and 95% interval of each metric (`stats.summary_of_runs`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import pathlib
-import time
 from typing import Any, NamedTuple
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -44,18 +41,13 @@ from flax import nnx
 
 from mentor_jax import checkpointing
 from mentor_jax import config_spec
-from mentor_jax import console
 from mentor_jax import data as data_lib
 from mentor_jax import datasets
-from mentor_jax import distributed
+from mentor_jax import epoch as epoch_lib
 from mentor_jax import errors
 from mentor_jax import family as family_lib
 from mentor_jax import registry
-from mentor_jax import stats
-from mentor_jax import train
-from mentor_jax import workdir as workdir_lib
 
-RUNS_DIR = 'runs'  # <workdir>/runs/<k>/, as stats.run_dirs reads them
 
 
 class RunSpec(NamedTuple):
@@ -215,16 +207,17 @@ def resolve_parallel(setting: str) -> int:
   return 0 if setting == 'all' else int(setting)
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'family', 'hp',
-                                             'treedef', 'progress',
-                                             'parallel'),
+_STATICS = ('graphdef', 'family', 'hp', 'treedef', 'parallel')
+
+
+@functools.partial(jax.jit, static_argnames=_STATICS,
                    donate_argnames=('state',))
-def stacked_epoch(state: train.TrainState, rest_shared: list[Any],
+def stacked_begin(state: epoch_lib.TrainState, rest_shared: list[Any],
                   rest_stacked: list[Any], data: data_lib.DeviceData,
                   swept: dict[str, jax.Array], active: jax.Array, *,
-                  graphdef, family, hp, treedef, progress: bool = True,
-                  parallel: int = 0):
-  """One epoch of every run of the stack, as one program.
+                  graphdef, family, hp, treedef,
+                  parallel: int = 0) -> epoch_lib.Epoch:
+  """`epoch.begin_epoch` of every run of the stack, as one program.
 
   Args:
     state: TrainState with a leading [K] axis on every leaf.
@@ -233,22 +226,38 @@ def stacked_epoch(state: train.TrainState, rest_shared: list[Any],
     swept: {hp field: [K] values}.
     active: [K] bool; runs that stopped keep their state.
     parallel: runs computed at once (`over_runs`; 0: all, vmapped).
-
-  Returns:
-    As `train.train_epoch`, each output with the leading [K] axis.
   """
   def one(state_k, stacked_k, swept_k):
-    return train.epoch_program(
+    return epoch_lib.begin_epoch(
         state_k, _merge_rest(treedef, rest_shared, stacked_k), data,
         graphdef=graphdef, family=family,
-        hp=family_lib.with_values(hp, swept_k), progress=progress)
+        hp=family_lib.with_values(hp, swept_k))
 
-  new, parts, scores = over_runs(one, (state, rest_stacked, swept), parallel)
-  return _keep_stopped(new, state, active), parts, scores
+  new = over_runs(one, (state, rest_stacked, swept), parallel)
+  return new._replace(state=_keep_stopped(new.state, state, active))
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'family', 'hp',
-                                             'treedef', 'parallel'))
+@functools.partial(jax.jit, static_argnames=_STATICS,
+                   donate_argnames=('epoch',))
+def stacked_steps(epoch: epoch_lib.Epoch, rest_shared: list[Any],
+                  rest_stacked: list[Any], data: data_lib.DeviceData,
+                  swept: dict[str, jax.Array], active: jax.Array,
+                  start: jax.Array, stop: jax.Array, *, graphdef, family, hp,
+                  treedef, parallel: int = 0
+                  ) -> tuple[epoch_lib.Epoch, jax.Array]:
+  """`epoch.run_steps` of every run, and the segment's marker."""
+  def one(epoch_k, stacked_k, swept_k):
+    return epoch_lib.run_steps(
+        epoch_k, _merge_rest(treedef, rest_shared, stacked_k), data, start,
+        stop, graphdef=graphdef, family=family,
+        hp=family_lib.with_values(hp, swept_k))
+
+  new = over_runs(one, (epoch, rest_stacked, swept), parallel)
+  new = new._replace(state=_keep_stopped(new.state, epoch.state, active))
+  return new, new.state.step + 0
+
+
+@functools.partial(jax.jit, static_argnames=_STATICS)
 def stacked_scores(params: Any, rest_shared: list[Any],
                    rest_stacked: list[Any], data: data_lib.DeviceData,
                    swept: dict[str, jax.Array], *, graphdef, family, hp,
@@ -261,258 +270,126 @@ def stacked_scores(params: Any, rest_shared: list[Any],
   return over_runs(one, (params, rest_stacked, swept), parallel)
 
 
-# --- the stacked run ----------------------------------------------------------
+# --- the loop's view of a stack -------------------------------------------------
 
 
-class Stack(NamedTuple):
-  runs: list[RunSpec]
-  configs: list[ml_collections.ConfigDict]
-  family: family_lib.ModelFamily
-  hp: family_lib.TrainHparams
-  data: data_lib.DeviceData
-  graphdef: nnx.GraphDef
-  rest: SplitRest
-  state: train.TrainState
-  swept: dict[str, jax.Array]
+class StackedRuns:
+  """K runs of a config as one program over one copy of the data.
 
-
-def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
-          runs: list[RunSpec]) -> Stack:
-  """One model per run (its seed, its values), stacked; the data once."""
-  family = registry.get(config.model)
-  configs = [run_config(config, r) for r in runs]
-  hp = train.make_hparams(family, configs[0], dataset)
-  data = data_lib.to_device(dataset, config.knn_k)
-  states, rests, graphdef = [], [], None
-  for c in configs:
-    graphdef, rest, state = train.init_state(
-        family.create_model(c, dataset), hp, c.seed)
-    states.append(state)
-    rests.append(rest)
-  dataset.release_device_only()
-  keys = sorted({k for r in runs for k in r.overrides})
-  swept = {k: jnp.asarray([r.overrides[k] for r in runs], jnp.float32)
-           for k in keys}
-  return Stack(runs, configs, family, hp, data, graphdef, split_rest(rests),
-               stack_trees(states), swept)
-
-
-class _RunBook:
-  """Host-side record of one run: stopping, best epoch, files."""
-
-  def __init__(self, run: RunSpec, config, workdir: pathlib.Path,
-               signature: dict, evaluator: train.Evaluator):
-    self.run = run
-    self.config = config
-    self.dir = workdir / RUNS_DIR / str(run.index)
-    self.dir.mkdir(parents=True, exist_ok=True)
-    self.writer = train.MetricWriter(self.dir)
-    self.ckpt = checkpointing.Checkpointer(self.dir / 'checkpoints')
-    # Its best checkpoint is a single run's (evaluate reads it).
-    self.tracker = train.BestEpoch(config, signature, self.ckpt, self.dir,
-                                   evaluator)
-    self.stopped = False
-    self.epochs_run = 0
-    self.diverged = None
-
-  def to_meta(self, state_k) -> dict[str, Any]:
-    return {'seed': self.run.seed, 'overrides': self.run.overrides,
-            'step': int(state_k.step),
-            'key': checkpointing.key_to_json(state_k.key),
-            'early_stopping': {'best': self.tracker.stopper.best,
-                               'bad_epochs': self.tracker.stopper.bad_epochs},
-            'best': self.tracker.best, 'stopped': self.stopped,
-            'epochs_run': self.epochs_run, 'diverged': self.diverged}
-
-  def load_meta(self, m: dict[str, Any]) -> None:
-    self.tracker.restore(m)
-    self.stopped = m['stopped']
-    self.epochs_run, self.diverged = m['epochs_run'], m.get('diverged')
-
-  def result(self) -> dict[str, Any]:
-    out = dict(self.tracker.best, epochs_run=self.epochs_run)
-    if self.diverged:
-      out['diverged'] = self.diverged
-    return out
-
-
-def train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                 runner: distributed.Runner) -> dict[str, Any]:
-  """`train.train_and_evaluate` for a stack of runs (see the module doc)."""
-  if runner.active:
-    raise errors.ConfigError(
-        'config.seeds / config.sweep: a stack of runs trains on one device '
-        f'for now, and this run has a mesh of {runner.mesh.size} devices; '
-        'set --config.mesh_shape=1 (or run the seeds separately).')
-  family = registry.get(config.model)
-  runs = runs_from_config(config, family)
-  dataset = datasets.load_for_config(config)
-  stack = build(config, dataset, runs)
-  hp, data, state = stack.hp, stack.data, stack.state
-  rest = stack.rest
-  statics = dict(graphdef=stack.graphdef, family=family, hp=hp,
-                 treedef=rest.treedef,
-                 parallel=resolve_parallel(config.get('stack_parallel',
-                                                      'auto')))
-  evaluator = train.Evaluator(dataset, config)
-  n_steps = data_lib.steps_per_epoch(dataset.n_train, hp.batch_size)
-  run_sig = checkpointing.signature(config.model, dataset,
-                                    take(state.params, 0))
-  books = [_RunBook(r, c, workdir, run_sig, evaluator)
-           for r, c in zip(runs, stack.configs)]
-  sig = checkpointing.signature(config.model, dataset, state.params)
-  ckpt = checkpointing.Checkpointer(workdir / 'checkpoints')
-  last_epoch = -1
-  with contextlib.ExitStack() as closing:
-    closing.enter_context(contextlib.closing(ckpt))
-    for b in books:
-      closing.enter_context(contextlib.closing(b.ckpt))
-    restored = ckpt.restore_latest(
-        state.params, state.opt_state, sig,
-        allow_other_data=config.get('resume_other_data', False))
-    if restored is not None:
-      params, opt_state, meta = restored
-      saved = [(m['seed'], m['overrides']) for m in meta['stack']]
-      if saved != [(r.seed, r.overrides) for r in runs]:
-        raise checkpointing.CheckpointMismatchError(
-            f'{ckpt.directory / checkpointing.LATEST}: its stack holds the '
-            f'runs (seed, values) {saved}, this config asks for '
-            f'{[(r.seed, r.overrides) for r in runs]}; use another '
-            '--workdir for other seeds or values.')
-      keys = jnp.stack([checkpointing.key_from_json(m['key'], state.key[0])
-                        for m in meta['stack']])
-      steps = jnp.asarray([m['step'] for m in meta['stack']],
-                          state.step.dtype)
-      state = train.TrainState(params, opt_state, keys, steps)
-      for b, m in zip(books, meta['stack']):
-        b.load_meta(m)
-      last_epoch = meta['epoch']
-      logging.info('resuming the stack of %d runs after epoch %d',
-                   len(runs), last_epoch)
-    # Only once a resume (if any) is accepted: a refused one must not have
-    # replaced the record of the runs' settings.
-    workdir_lib.write_text_atomic(workdir / 'config.json',
-                                  config.to_json_best_effort(indent=2))
-    for b in books:
-      workdir_lib.write_text_atomic(b.dir / 'config.json',
-                                    b.config.to_json_best_effort(indent=2))
-    for b in books:
-      b.ckpt.drop_best_after(last_epoch)
-      b.writer.truncate_after(last_epoch)
-    logging.info('%s', console.startup_block(
-        devices=list(runner.mesh.devices.flat), dataset=dataset,
-        n_params=sum(x.size for x in jax.tree.leaves(state.params)),
-        n_steps=n_steps, batch_size=hp.batch_size, kernel=hp.spmm_kernel,
-        model=f'{config.model} x {len(runs)} runs', workdir=workdir,
-        epochs=(last_epoch + 1, config.epochs - 1), memory=None,
-        compile_s=None))
-    signals = closing.enter_context(checkpointing.StopSignals())
-    ks = train.log_ks(config.topk)
-    for epoch in range(last_epoch + 1, config.epochs):
-      if all(b.stopped for b in books):
-        break
-      active = jnp.asarray([not b.stopped for b in books])
-      t0 = time.perf_counter()
-      state, parts, scores = stacked_epoch(
-          state, rest.shared, rest.stacked, data, stack.swept, active,
-          progress=False, **statics)
-      parts = jax.device_get(parts)
-      train_time = time.perf_counter() - t0
-      if config.eval_embeddings == 'recompute':
-        scores = stacked_scores(state.params, rest.shared, rest.stacked,
-                                data, stack.swept, **statics)
-      t1 = time.perf_counter()
-      for k, b in enumerate(books):
-        if b.stopped:
-          continue
-        parts_k = {name: v[k] for name, v in parts.items()}
-        diverged = train.non_finite_error(parts_k, epoch,
-                                          int(state.step[k]) - n_steps)
-        b.epochs_run = epoch + 1
-        if diverged is not None:
-          # The others go on; this run keeps its best epoch.
-          logging.warning('run %d: %s', k, diverged)
-          b.stopped, b.diverged = True, str(diverged)
-          continue
-        user_emb, item_emb = scores[0][k], scores[1][k]
-        result = evaluator(user_emb, item_emb)
-        improved, stop = b.tracker.update(epoch, result)
-        if improved:
-          b.tracker.save(epoch, take(state, k), (user_emb, item_emb), stop)
-        b.stopped = stop
-        b.writer.write({
-            'epoch': epoch, 'step': int(state.step[k]),
-            'loss': {n: float(np.mean(v)) for n, v in parts_k.items()},
-            # The one program that trained every active run of the stack.
-            'train_time_s': train_time, 'stack_runs': len(books),
-            'eval_time_s': time.perf_counter() - t1,
-            'valid': result['valid'], 'test': result['test'],
-            'best_epoch': b.tracker.best['best_epoch']})
-        if epoch % config.log_every_epochs == 0 or improved or stop:
-          logging.info('epoch %d run %d (seed %d%s): valid %s | test %s%s%s',
-                       epoch, k, b.run.seed, ''.join(
-                           f', {n}={v:g}' for n, v in b.run.overrides.items()),
-                       train.format_metrics(result['valid'], ks),
-                       train.format_metrics(result['test'], ks),
-                       ' *' if improved else '',
-                       ' (early stop)' if stop else '')
-      logging.info('epoch %d: %d runs trained in %.2fs, evaluated in %.2fs',
-                   epoch, int(np.sum(np.asarray(active))), train_time,
-                   time.perf_counter() - t1)
-      last_epoch = epoch
-      done = all(b.stopped for b in books) or epoch == config.epochs - 1
-      if (done or signals.signum
-          or (epoch + 1) % config.checkpoint_every_epochs == 0):
-        meta = {'format': checkpointing.FORMAT_VERSION, 'epoch': epoch,
-                'stack': [b.to_meta(take(state, k))
-                          for k, b in enumerate(books)],
-                'eval_embeddings': config.eval_embeddings,
-                'config': checkpointing.config_to_json(config),
-                'data_npz': str(datasets.resolve_data_path(
-                    config.data_npz).resolve()),
-                'signature': sig}
-        ckpt.save_latest(epoch, state.params, state.opt_state, meta)
-      if signals.signum:
-        break
-  results = [b.result() for b in books]
-  out = {'runs': [dict(r, run=b.run.index, seed=b.run.seed,
-                       overrides=b.run.overrides)
-                  for r, b in zip(results, books)],
-         # Over the runs that reached a best epoch (not one that diverged
-         # in its first epoch).
-         'summary': stats.summary_of_runs(
-             [r for r in results if r['best_epoch'] >= 0]) if any(
-                 r['best_epoch'] >= 0 for r in results) else {},
-         'epochs_run': last_epoch + 1}
-  if signals.signum:
-    logging.warning('%s: stopped after epoch %d; run the same command again '
-                    'to resume.', signals.name, last_epoch)
-    return dict(out, interrupted=signals.name)
-  for r, b in zip(results, books):
-    workdir_lib.write_json_atomic(b.dir / 'result.json', r)
-  workdir_lib.write_json_atomic(workdir / 'result.json', out)
-  return out
-
-
-def run_dir(workdir: str | pathlib.Path, run: int | None) -> pathlib.Path:
-  """The directory of run `run` of a stacked workdir (or `workdir` itself).
-
-  Raises:
-    ConfigError: a stack without `run`, or `run` of a workdir that is not a
-      stack / out of range.
+  What the training loop (train.py) drives; `train.SingleRun` is the same
+  interface for one run. The state has a leading [K] axis on every leaf.
   """
-  workdir = pathlib.Path(workdir)
-  dirs = stats.run_dirs(workdir) if stats.is_stack(workdir) else []
-  n = len(dirs)
-  if run is None:
-    if n:
-      raise errors.ConfigError(
-          f'{workdir} holds a stack of {n} runs; name one with --run K '
-          f'(0..{n - 1}).')
-    return workdir
-  if not n:
-    raise errors.ConfigError(f'--run {run}: {workdir} holds a single run, '
-                             'not a stack; leave --run out.')
-  if not 0 <= run < n:
-    raise errors.ConfigError(f'--run {run}: {workdir} holds runs 0..{n - 1}')
-  return dirs[run]
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               dataset: data_lib.Dataset):
+    self.config = config
+    self.family = family = registry.get(config.model)
+    self.specs = runs_from_config(config, family)
+    self.configs = [run_config(config, r) for r in self.specs]
+    self.hp = hp = epoch_lib.make_hparams(family, self.configs[0], dataset)
+    self.data = data_lib.to_device(dataset, config.knn_k)
+    states, rests, graphdef = [], [], None
+    for c in self.configs:
+      graphdef, rest, state = epoch_lib.init_state(
+          family.create_model(c, dataset), family, hp, c.seed)
+      states.append(state)
+      rests.append(rest)
+    dataset.release_device_only()
+    self.rest = split_rest(rests)
+    self.state = stack_trees(states)
+    keys = sorted({k for r in self.specs for k in r.overrides})
+    self.swept = {k: jnp.asarray([r.overrides[k] for r in self.specs],
+                                 jnp.float32) for k in keys}
+    self.statics = dict(
+        graphdef=graphdef, family=family, hp=hp, treedef=self.rest.treedef,
+        parallel=resolve_parallel(config.get('stack_parallel', 'auto')))
+    self.n_steps = epoch_lib.n_steps_of(family, self.data, hp)
+    self.dataset = dataset
+    self._compiled: epoch_lib.CompiledEpoch | None = None
+    self._active = None
+
+  @property
+  def label(self) -> str:
+    return f'{self.config.model} x {len(self.specs)} runs'
+
+  def signature(self, state: epoch_lib.TrainState) -> dict[str, Any]:
+    """The stacked state's (the resume checkpoint's) signature."""
+    return checkpointing.signature(self.config.model, self.dataset,
+                                   state.params)
+
+  def run_signature(self, state: epoch_lib.TrainState) -> dict[str, Any]:
+    """One run's (its best checkpoint's) signature."""
+    return checkpointing.signature(self.config.model, self.dataset,
+                                   take(state.params, 0))
+
+  def _args(self, active) -> tuple[Any, ...]:
+    return (self.rest.shared, self.rest.stacked, self.data, self.swept,
+            active)
+
+  def compile(self, state: epoch_lib.TrainState) -> epoch_lib.CompiledEpoch:
+    active = jnp.ones(len(self.specs), bool)
+    bound = dict(self.statics)
+    self._compiled = epoch_lib.compile_programs(
+        lambda: stacked_begin.lower(state, *self._args(active), **bound),
+        lambda epoch, a, b: stacked_steps.lower(
+            epoch, *self._args(active), a, b, **bound))
+    return self._compiled
+
+  def run_epoch(self, state: epoch_lib.TrainState, active: list[bool],
+                on_progress=None):
+    """(state, [parts of run k], [(user, item) of run k])."""
+    state, parts, (users, items) = self._compiled(
+        state, *self._args(jnp.asarray(active)), n_steps=self.n_steps,
+        on_progress=on_progress)
+    parts = jax.device_get(parts)
+    k_runs = range(len(self.specs))
+    return (state, [{n: v[k] for n, v in parts.items()} for k in k_runs],
+            [(users[k], items[k]) for k in k_runs])
+
+  def recompute_scores(self, state: epoch_lib.TrainState):
+    users, items = stacked_scores(
+        state.params, self.rest.shared, self.rest.stacked, self.data,
+        self.swept, **self.statics)
+    return [(users[k], items[k]) for k in range(len(self.specs))]
+
+  def run_state(self, state: epoch_lib.TrainState,
+                k: int) -> epoch_lib.TrainState:
+    return take(state, k)
+
+  def resume(self, restored, state: epoch_lib.TrainState, books,
+             where: pathlib.Path) -> epoch_lib.TrainState:
+    """The state of a restored latest checkpoint; each run's book filled.
+
+    Raises:
+      CheckpointMismatchError: the checkpoint holds other runs.
+    """
+    params, opt_state, meta = restored
+    saved = [(m['seed'], m['overrides']) for m in meta['stack']]
+    asked = [(r.seed, r.overrides) for r in self.specs]
+    if saved != asked:
+      raise checkpointing.CheckpointMismatchError(
+          f'{where}: its stack holds the runs (seed, values) {saved}, this '
+          f'config asks for {asked}; use another --workdir for other seeds '
+          'or values.')
+    keys = jnp.stack([checkpointing.key_from_json(m['key'], state.key[0])
+                      for m in meta['stack']])
+    steps = jnp.asarray([m['step'] for m in meta['stack']],
+                        state.step.dtype)
+    for book, m in zip(books, meta['stack']):
+      book.restore(m, meta['epoch'] + 1)
+    return epoch_lib.TrainState(params, opt_state, keys, steps)
+
+  def latest_meta(self, epoch: int, state: epoch_lib.TrainState, books,
+                  signature: dict[str, Any]) -> dict[str, Any]:
+    """The stacked checkpoint's meta: each run's fields in 'stack'."""
+    config = self.config
+    runs = [{'seed': spec.seed, 'overrides': spec.overrides,
+             **book.state_meta(take(state, k)),
+             'epochs_run': book.epochs_run, 'diverged': book.diverged}
+            for k, (spec, book) in enumerate(zip(self.specs, books))]
+    return {'format': checkpointing.FORMAT_VERSION, 'epoch': epoch,
+            'stack': runs, 'eval_embeddings': config.eval_embeddings,
+            'config': checkpointing.config_to_json(config),
+            'data_npz': str(datasets.resolve_data_path(
+                config.data_npz).resolve()),
+            'signature': signature}

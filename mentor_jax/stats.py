@@ -12,7 +12,7 @@ in `<dir>/per_user_test.npz` (arrays `users`, ascending int64, and one
 float64 array per metric). A workdir is either a single run (result.json
 holds the metrics) or a stack of K runs trained as one program (result.json
 holds {'runs': [...], 'summary': ...} and each run is laid out as a single
-workdir in `<wd>/runs/<k>/`); `run_dirs` tells them apart.
+workdir in `<wd>/runs/<k>/`); `rundirs.run_dirs` tells them apart.
 
 Conventions (the edge cases, so that a table never shows a made-up number):
 * One value: std = 0 and the 95% interval is [nan, nan]: a t interval needs
@@ -29,7 +29,6 @@ Conventions (the edge cases, so that a table never shows a made-up number):
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import warnings
@@ -40,12 +39,9 @@ import numpy as np
 from scipy import stats as sp_stats
 
 from mentor_jax import errors
+from mentor_jax import rundirs
 
 SPLITS = ('valid', 'test')
-
-
-class ResultFileError(errors.UserError, ValueError):
-  """A result file (result.json, per_user_*.npz) is missing or malformed."""
 
 
 def summarize(values: Sequence[float]) -> dict[str, Any]:
@@ -172,67 +168,10 @@ def paired_users(per_user_a: Mapping[str, np.ndarray],
               wilcoxon_p=float(w.pvalue))
 
 
-def read_result(workdir: str | pathlib.Path) -> dict[str, Any] | None:
-  """`<workdir>/result.json` as a dict; None when it is not there (yet)."""
-  path = pathlib.Path(workdir) / 'result.json'
-  if not path.exists():
-    return None
-  try:
-    result = json.loads(path.read_text())
-  except ValueError as e:
-    raise ResultFileError(f'{path}: not valid JSON ({e})') from e
-  if not isinstance(result, dict):
-    raise ResultFileError(f'{path}: expected a JSON object, found '
-                          f'{type(result).__name__}')
-  return result
-
-
-def is_stack(workdir: str | pathlib.Path) -> bool:
-  """Whether `workdir` holds K stacked runs (see the module docstring).
-
-  A finished stack says so in result.json ('runs'); one still training (no
-  result.json yet) by its `runs/<k>/config.json` folders.
-  """
-  workdir = pathlib.Path(workdir)
-  result = read_result(workdir)
-  if result is not None:
-    return 'runs' in result
-  return (workdir / 'runs' / '0' / 'config.json').exists()
-
-
-def run_dirs(workdir: str | pathlib.Path) -> list[pathlib.Path]:
-  """[workdir] for a single run; `<workdir>/runs/<k>` in k order for a stack.
-
-  Raises:
-    ResultFileError: a stack's result.json names a run whose folder is
-      missing, or its 'runs' is not a list of {'run': k, ...}.
-  """
-  workdir = pathlib.Path(workdir)
-  if not is_stack(workdir):
-    return [workdir]
-  result = read_result(workdir)
-  if result is None:  # Still training: the folders there are the runs.
-    ks = sorted(int(p.name) for p in (workdir / 'runs').iterdir()
-                if p.name.isdigit() and (p / 'config.json').exists())
-  else:
-    try:
-      ks = [int(r['run']) for r in result['runs']]
-    except (TypeError, KeyError, ValueError) as e:
-      raise ResultFileError(
-          f'{workdir / "result.json"}: field runs: expected a list of '
-          f'{{"run": k, ...}} objects ({e!r})') from e
-  dirs = [workdir / 'runs' / str(k) for k in ks]
-  for d in dirs:
-    if not d.is_dir():
-      raise ResultFileError(f'{workdir / "result.json"} lists run '
-                            f'{d.name}, but {d} is missing')
-  return dirs
-
-
 def _read_per_user(path: pathlib.Path) -> dict[str, np.ndarray]:
   """One per_user_*.npz, checked: users ascending ints, one float per user."""
   if not path.exists():
-    raise ResultFileError(
+    raise errors.ResultFileError(
         f'{path} not found: the paired test over users needs each run\'s '
         'per-user metrics at the best epoch (written by the trainer at the '
         'end of training). Compare over runs only with --no-paired.')
@@ -240,22 +179,22 @@ def _read_per_user(path: pathlib.Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
   except (OSError, ValueError) as e:
-    raise ResultFileError(f'{path}: not a readable .npz ({e})') from e
+    raise errors.ResultFileError(f'{path}: not a readable .npz ({e})') from e
   users = arrays.get('users')
   if users is None:
-    raise ResultFileError(f'{path}: no array "users"; found '
-                          f'{sorted(arrays)}')
+    raise errors.ResultFileError(f'{path}: no array "users"; found '
+                                 f'{sorted(arrays)}')
   if users.ndim != 1 or not np.issubdtype(users.dtype, np.integer):
-    raise ResultFileError(f'{path}: field users: expected a 1-D integer '
-                          f'array, found {users.dtype} of shape '
-                          f'{users.shape}')
+    raise errors.ResultFileError(
+        f'{path}: field users: expected a 1-D integer array, found '
+        f'{users.dtype} of shape {users.shape}')
   if users.size > 1 and np.any(np.diff(users) <= 0):
-    raise ResultFileError(f'{path}: field users: expected strictly '
-                          'ascending user ids (no repeats)')
+    raise errors.ResultFileError(f'{path}: field users: expected strictly '
+                                 'ascending user ids (no repeats)')
   for name, values in arrays.items():
     if name != 'users' and (values.shape != users.shape or not
                             np.issubdtype(values.dtype, np.floating)):
-      raise ResultFileError(
+      raise errors.ResultFileError(
           f'{path}: field {name}: expected {users.size} floats (one per '
           f'user), found {values.dtype} of shape {values.shape}')
   return arrays
@@ -279,7 +218,8 @@ def load_per_user(dirs: str | pathlib.Path | Sequence[str | pathlib.Path],
   """
   if isinstance(dirs, (str, pathlib.Path)):
     dirs = [dirs]
-  paths = [d / f'per_user_{split}.npz' for w in dirs for d in run_dirs(w)]
+  paths = [d / f'per_user_{split}.npz' for w in dirs
+           for d in rundirs.run_dirs(w)]
   if not paths:
     raise ValueError('load_per_user needs at least one workdir')
   first = _read_per_user(paths[0])
@@ -287,12 +227,12 @@ def load_per_user(dirs: str | pathlib.Path | Sequence[str | pathlib.Path],
   for path in paths[1:]:
     arrays = _read_per_user(path)
     if not np.array_equal(arrays['users'], first['users']):
-      raise ResultFileError(
+      raise errors.ResultFileError(
           f'{path} has {arrays["users"].size} users, {paths[0]} has '
           f'{first["users"].size}, and they are not the same users: '
           'runs to be averaged must share the dataset and its split')
     if set(arrays) != set(first):
-      raise ResultFileError(
+      raise errors.ResultFileError(
           f'{path} has metrics {sorted(set(arrays) - {"users"})}, '
           f'{paths[0]} has {sorted(total)}')
     for k in total:

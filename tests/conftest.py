@@ -120,13 +120,13 @@ def build_baseline(name: str, npz: Path, **overrides) -> BuiltBaseline:
   # pylint: disable=g-import-not-at-top
   from mentor_jax import data as data_lib
   from mentor_jax import registry
-  from mentor_jax import train
+  from mentor_jax import epoch as epoch_lib
   dataset = data_lib.load_dataset(npz)
   config = baseline_config(name, npz)
   for key, value in overrides.items():
     config[key] = value
   family = registry.get(name)
-  hp = train.make_hparams(family, config, dataset)
+  hp = epoch_lib.make_hparams(family, config, dataset)
   model = family.create_model(config, dataset)
   data = data_lib.to_device(dataset, config.knn_k)
   return BuiltBaseline(dataset, config, family, hp, model, data)

@@ -5,7 +5,9 @@ so every multi-device run happens in a fresh process:
 
   python tests/distributed_worker.py step N_DEV VARIANT NPZ OUT.npz
       one training step (loss parts, gradients, updated parameters) and the
-      valid/test metrics of single-device and sharded evaluation.
+      valid/test metrics of single-device and sharded evaluation; VARIANT
+      is MENTOR's 'default' or 'light' or another model's name (with
+      shard_tables on more than one device, as 'light').
   python tests/distributed_worker.py train N_PROC PROC_ID PORT NPZ WORKDIR
       a short tiny-config training run, one process of a jax.distributed job.
 """
@@ -21,14 +23,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _tiny_config(npz: str, variant: str):
+  """MENTOR ('default', 'light') or another model (its name) on tiny."""
   from configs import tiny
-  config = tiny.get_config()
+  config = tiny.get_config(variant if variant not in ('default', 'light')
+                           else 'mentor')
   config.data_npz = npz
   config.data_source = ''
   config.spmm_kernel = 'segment_sum'
   if variant == 'light':
     config.mask_weight_g = 0.0
-  else:
+  elif variant == 'default':
     # A larger weight than the default so the InfoNCE gradient is visible.
     config.mask_weight_g = 0.1
   return config
@@ -43,23 +47,29 @@ def step(n_dev: int, variant: str, npz: str, out: str) -> None:
   from flax import nnx
   from mentor_jax import data as data_lib
   from mentor_jax import distributed
+  from mentor_jax import epoch as epoch_lib
   from mentor_jax import mesh as mesh_lib
-  from mentor_jax import train
+  from mentor_jax import metrics as metrics_lib
 
   assert len(jax.devices()) == n_dev, jax.devices()
   config = _tiny_config(npz, variant)
   # One step covers every training row; 512 splits over 1, 2, 4, 8 devices.
   config.train_batch_size = 512
   if n_dev > 1:
-    config.infonce_impl = 'sharded'
-    config.shard_tables = variant == 'light'
+    if 'infonce_impl' in config:
+      config.infonce_impl = 'sharded'
+    config.shard_tables = variant != 'default'
   dataset = data_lib.load_dataset(npz)
-  family, hp, data, graphdef, rest, state = train.setup(config, dataset)
+  family, hp, data, graphdef, rest, state = epoch_lib.setup(config, dataset)
   runner = distributed.Runner(mesh_lib.make_mesh(n_dev),
                               config.shard_tables)
-  state, rest, data = runner.place(state, rest, data)
+  state, rest, data = runner.place(state, rest, data, family.table_params)
+  # Which parameters are split by rows over the devices.
+  split = sorted(jax.tree_util.keystr(k) for k, v in
+                 jax.tree_util.tree_leaves_with_path(state.params)
+                 if not v.sharding.is_fully_replicated)
 
-  # Gradients of the first step, as train_epoch computes them.
+  # Gradients of the first step, as an epoch computes them.
   def grads_fn(params, rest, data, key):
     _, epoch_key = jax.random.split(key)
     batch_key, _, steps_key = jax.random.split(epoch_key, 3)
@@ -74,10 +84,10 @@ def step(n_dev: int, variant: str, npz: str, out: str) -> None:
   with jax.set_mesh(runner.mesh):
     grads = jax.jit(grads_fn, out_shardings=runner.replicated)(
         state.params, rest, data, state.key)
-  run_epoch = runner.wrap_epoch(train.train_epoch)
-  new_state, parts, scores = run_epoch(state, rest, data, graphdef=graphdef,
-                                       family=family, hp=hp)
-  single = train.Evaluator(dataset, config)(*scores)
+  compiled = runner.compile_epoch(state, rest, data, graphdef=graphdef,
+                                  family=family, hp=hp)
+  new_state, parts, scores = compiled(state, rest, data, n_steps=1)
+  single = metrics_lib.Evaluator.for_config(dataset, config)(*scores)
   sharded = runner.evaluator(dataset, config, None)
   sharded = single if sharded is None else sharded(*scores)
 
@@ -89,7 +99,7 @@ def step(n_dev: int, variant: str, npz: str, out: str) -> None:
   assert int(new_state.step) == 1
   np.savez(out, **arrays)
   pathlib.Path(out + '.json').write_text(json.dumps(
-      {'single': single, 'sharded': sharded}))
+      {'single': single, 'sharded': sharded, 'split': split}))
 
 
 def train_run(n_proc: int, proc_id: int, port: int, npz: str,

@@ -16,6 +16,7 @@ from mentor_jax import train
 from mentor_jax.models import freedom
 from mentor_jax.models import lightgcn
 from mentor_jax.models import mfbpr
+from mentor_jax import rundirs
 
 _config = conftest.baseline_config
 
@@ -183,7 +184,7 @@ def test_baseline_trains_on_real_tiktok(tiktok_small, tmp_path, model):
   if model == 'mfbpr':
     config.learning_rate = 1e-2  # Tiny-init MF moves slowly at 1e-3.
   result = train.train_and_evaluate(config, tmp_path)
-  log = report.read_metrics(tmp_path)
+  log = rundirs.read_metrics(tmp_path)
   assert len(log) == result['epochs_run'] == 4
   bpr = [r['loss']['bpr'] for r in log]
   assert bpr[-1] < 0.95 * bpr[0], bpr

@@ -21,8 +21,10 @@ from mentor_jax.models import lattice
 from mentor_jax.models import mmgcn
 from mentor_jax.ops import graph
 from mentor_jax.ops import sparse
+from mentor_jax import epoch as epoch_lib
+from mentor_jax import rundirs
 
-KERNEL = train.resolve_kernel('auto')
+KERNEL = epoch_lib.resolve_kernel('auto')
 
 
 _config = conftest.baseline_config
@@ -365,7 +367,7 @@ def test_trains_through_the_shared_trainer(tiny_dataset, tmp_path, model):
   config.epochs = 4
   config.learning_rate = 1e-2
   result = train.train_and_evaluate(config, tmp_path)
-  log = report.read_metrics(tmp_path)
+  log = rundirs.read_metrics(tmp_path)
   assert len(log) == result['epochs_run'] == 4
   bpr = [r['loss']['bpr'] for r in log]
   assert bpr[-1] < 0.95 * bpr[0], bpr

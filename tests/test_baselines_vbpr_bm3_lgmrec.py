@@ -17,8 +17,10 @@ from mentor_jax.models import bm3
 from mentor_jax.models import lgmrec
 from mentor_jax.ops import graph
 from mentor_jax.ops import infonce
+from mentor_jax import epoch as epoch_lib
+from mentor_jax import rundirs
 
-KERNEL = train.resolve_kernel('auto')
+KERNEL = epoch_lib.resolve_kernel('auto')
 
 
 _config = conftest.baseline_config
@@ -403,7 +405,7 @@ def test_trains_through_the_shared_trainer(tiny_dataset, tmp_path, model):
   config.epochs = 6
   config.learning_rate = 1e-2  # Few steps per epoch on 60 users.
   result = train.train_and_evaluate(config, tmp_path)
-  log = report.read_metrics(tmp_path)
+  log = rundirs.read_metrics(tmp_path)
   assert len(log) == result['epochs_run'] == 6
   total = [sum(r['loss'].values()) for r in log]
   assert all(np.isfinite(total)), total

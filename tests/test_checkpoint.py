@@ -27,6 +27,8 @@ from mentor_jax import recommend
 from mentor_jax import registry
 from mentor_jax import report
 from mentor_jax import train
+from mentor_jax import epoch as epoch_lib
+from mentor_jax import rundirs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 N_EPOCHS = 30  # Long enough (a few seconds) to signal a run mid-way.
@@ -42,7 +44,7 @@ def make_config(npz, **overrides):
 
 
 def epochs_logged(workdir):
-  return [r['epoch'] for r in report.read_metrics(workdir)]
+  return [r['epoch'] for r in rundirs.read_metrics(workdir)]
 
 
 def latest_params(workdir):
@@ -74,11 +76,12 @@ def test_save_restore_round_trip(tiny_dataset, tmp_path):
   dataset = data_lib.load_dataset(tiny_dataset)
   family = registry.get(config.model)
   hp = family.make_hparams(config, max_row_len=1)
-  _, _, state = train.init_state(family.create_model(config, dataset), hp, 3)
+  _, _, state = epoch_lib.init_state(family.create_model(config, dataset),
+                                     family, hp, 3)
   # A non-trivial optimizer state: one Adam update on random gradients.
   grads = jax.tree.map(lambda p: jax.random.normal(
       jax.random.PRNGKey(1), p.shape), state.params)
-  _, opt_state = train.create_optimizer(hp).update(
+  _, opt_state = family.make_optimizer(hp).update(
       grads, state.opt_state, state.params)
   sig = checkpointing.signature(config.model, dataset, state.params)
   ckpt = checkpointing.Checkpointer(tmp_path)
@@ -137,7 +140,7 @@ def test_other_model_or_dataset_is_a_clear_error(tiny_dataset, tmp_path,
 
 def test_evaluate_reproduces_logged_best_epoch(straight, tmp_path, capsys):
   workdir, ref = straight
-  log = report.read_metrics(workdir)
+  log = rundirs.read_metrics(workdir)
   logged = log[ref['best_epoch']]
   out = tmp_path / 'eval.json'
   assert evaluate.main(['--workdir', str(workdir), '--json-out',

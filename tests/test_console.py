@@ -21,6 +21,7 @@ import pytest
 
 from mentor_jax import console
 from mentor_jax import datasets
+from mentor_jax import main as main_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -131,24 +132,24 @@ def test_installed_entry_point_with_a_config_name(data_root, tmp_path):
 
 
 def test_config_names_resolve_to_the_shipped_configs(tmp_path):
-  shipped = console.CONFIG_DIR
+  shipped = main_lib.CONFIG_DIR
   assert (shipped / 'small.py').is_file()
   for name in ('small', 'small.py', 'configs/small.py'):
-    assert console.shipped_config(name) == shipped / 'small.py'
-  assert console.shipped_config('nope') is None
-  got = console.resolve_config_arg(
+    assert main_lib.shipped_config(name) == shipped / 'small.py'
+  assert main_lib.shipped_config('nope') is None
+  got = main_lib.resolve_config_arg(
       ['x', '--config', 'baseline.py:lightgcn,baby', '--workdir', 'w'])
   assert got == ['x', '--config', f'{shipped}/baseline.py:lightgcn,baby',
                  '--workdir', 'w']
-  assert console.resolve_config_arg(['x', '--config=tiny']) == [
+  assert main_lib.resolve_config_arg(['x', '--config=tiny']) == [
       'x', f'--config={shipped}/tiny.py']
   # A file that exists wins over a shipped name; unknown names stay as
   # they are for the flag to report.
   own = tmp_path / 'tiny.py'
   own.write_text('')
-  assert console.resolve_config_arg(['x', f'--config={own}']) == [
+  assert main_lib.resolve_config_arg(['x', f'--config={own}']) == [
       'x', f'--config={own}']
-  assert console.resolve_config_arg(['x', '--config', 'nope']) == [
+  assert main_lib.resolve_config_arg(['x', '--config', 'nope']) == [
       'x', '--config', 'nope']
 
 

@@ -22,10 +22,12 @@ import pytest
 
 from configs import tiny
 from mentor_jax import distributed
+from mentor_jax import errors
 from mentor_jax import mesh as mesh_lib
 from mentor_jax.ops import infonce
 from mentor_jax import report
 from mentor_jax import train
+from mentor_jax import rundirs
 
 WORKER = pathlib.Path(__file__).with_name('distributed_worker.py')
 REPO = WORKER.parents[1]
@@ -57,7 +59,7 @@ def worker_runs(tiny_dataset, tmp_path_factory):
   """All subprocess runs, started at once: {name: output path}."""
   out = tmp_path_factory.mktemp('dist')
   runs, procs = {}, []
-  for variant in ('default', 'light'):
+  for variant in ('default', 'light', 'freedom'):
     for n_dev in (1, 4):
       path = out / f'step_{variant}_{n_dev}.npz'
       procs.append(_spawn('step', n_dev, variant, tiny_dataset, path))
@@ -70,7 +72,7 @@ def worker_runs(tiny_dataset, tmp_path_factory):
   return runs
 
 
-@pytest.mark.parametrize('variant', ['default', 'light'])
+@pytest.mark.parametrize('variant', ['default', 'light', 'freedom'])
 def test_step_on_4_devices_matches_1_device(worker_runs, variant):
   one = np.load(worker_runs[f'step_{variant}_1'])
   four = np.load(worker_runs[f'step_{variant}_4'])
@@ -84,11 +86,35 @@ def test_step_on_4_devices_matches_1_device(worker_runs, variant):
                                atol=1e-5 * scale, err_msg=name)
 
 
-@pytest.mark.parametrize('variant', ['default', 'light'])
+@pytest.mark.parametrize('variant', ['default', 'light', 'freedom'])
 def test_sharded_evaluation_is_exact(worker_runs, variant):
   result = json.loads(pathlib.Path(
       str(worker_runs[f'step_{variant}_4']) + '.json').read_text())
   assert result['sharded'] == result['single']
+
+
+@pytest.mark.parametrize('variant, tables', [
+    ('default', []),  # shard_tables off: everything replicated.
+    ('light', ['id_feat', 'preference', 'weight_u']),
+    ('freedom', ['feat_t', 'feat_v', 'item_emb', 'user_emb'])])
+def test_shard_tables_splits_the_family_tables(worker_runs, variant, tables):
+  # Each family names its user/item tables (`ModelFamily.table_params`);
+  # with shard_tables those, and nothing else, are split by rows.
+  split = json.loads(pathlib.Path(
+      str(worker_runs[f'step_{variant}_4']) + '.json').read_text())['split']
+  found = sorted({name for path in split for name in tables
+                  if name in path})
+  assert found == tables, split
+  assert all(any(name in path for name in tables) for path in split), split
+
+
+def test_shard_tables_is_refused_for_a_model_without_tables(tiny_dataset):
+  import distributed_worker  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=protected-access
+  config = distributed_worker._tiny_config(str(tiny_dataset), 'mmgcn')
+  config.shard_tables = True
+  with pytest.raises(errors.ConfigError, match="model 'mmgcn' has no"):
+    train.check_config(config)
 
 
 def test_two_processes_match_one(worker_runs, tiny_dataset, tmp_path):
@@ -97,8 +123,8 @@ def test_two_processes_match_one(worker_runs, tiny_dataset, tmp_path):
   config = distributed_worker._tiny_config(str(tiny_dataset), 'default')
   config.epochs = 2
   train.train_and_evaluate(config, tmp_path)
-  single = report.read_metrics(tmp_path)
-  multi = report.read_metrics(worker_runs['multihost'])
+  single = rundirs.read_metrics(tmp_path)
+  multi = rundirs.read_metrics(worker_runs['multihost'])
   assert len(single) == len(multi) == 2
   for s, m in zip(single, multi):
     for k, v in s['loss'].items():

@@ -19,12 +19,12 @@ from flax import nnx
 
 import conftest
 from mentor_jax import data as data_lib
-from mentor_jax import train
+from mentor_jax import epoch as epoch_lib
 from mentor_jax.models import lattice
 
 
-def _epoch_batches(state: train.TrainState, data, hp):
-  """The batches `train_epoch` draws from `state.key`, and the steps' key."""
+def _epoch_batches(state: epoch_lib.TrainState, data, hp):
+  """The batches an epoch draws from `state.key`, and the steps' key."""
   _, epoch_key = jax.random.split(state.key)
   batch_key, _, steps_key = jax.random.split(epoch_key, 3)
   batches = data_lib.epoch_batches(batch_key, data, hp.batch_size,
@@ -33,13 +33,13 @@ def _epoch_batches(state: train.TrainState, data, hp):
 
 
 def _run_trainer_epochs(built, n_epochs: int):
-  graphdef, rest, state = train.init_state(built.model, built.hp,
-                                           built.config.seed)
-  start = jax.tree.map(jnp.copy, state)  # train_epoch donates its input.
+  graphdef, rest, state = epoch_lib.init_state(
+      built.model, built.family, built.hp, built.config.seed)
+  start = jax.tree.map(jnp.copy, state)  # An epoch donates its input.
   for _ in range(n_epochs):
-    state, _, _ = train.train_epoch(state, rest, built.data,
-                                    graphdef=graphdef, family=built.family,
-                                    hp=built.hp, progress=False)
+    state, _, _ = epoch_lib.train_epoch(state, rest, built.data,
+                                        graphdef=graphdef,
+                                        family=built.family, hp=built.hp)
   return graphdef, rest, start, state
 
 
@@ -139,5 +139,5 @@ def test_constant_rate_keeps_plain_adam_state(tiny_dataset):
   built = conftest.build_baseline('mfbpr', tiny_dataset)
   params = nnx.state(built.model, nnx.Param)
   plain = optax.adam(built.hp.learning_rate).init(params)
-  ours = train.create_optimizer(built.hp).init(params)
+  ours = built.family.make_optimizer(built.hp).init(params)
   assert jax.tree.structure(plain) == jax.tree.structure(ours)

@@ -25,6 +25,7 @@ from mentor_jax import evaluate
 from mentor_jax import report
 from mentor_jax import train
 from mentor_jax import workdir as workdir_lib
+from mentor_jax import rundirs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 N_EPOCHS = 3
@@ -41,7 +42,7 @@ def make_config(npz, **overrides):
 
 def logged(workdir):
   return [(r['epoch'], r['loss'], r['valid']) for r in
-          report.read_metrics(workdir)]
+          rundirs.read_metrics(workdir)]
 
 
 @pytest.fixture(scope='module')
@@ -70,7 +71,7 @@ def test_half_written_metrics_line_then_resume(tiny_dataset, tmp_path,
   workdir = copy_run(two_epochs, tmp_path)
   with open(workdir / 'metrics.jsonl', 'a') as f:
     f.write('{"epoch": 2, "step": 18, "loss": {"bp')  # A full disk cut it.
-  assert len(report.read_metrics(workdir)) == 2  # Readers skip it.
+  assert len(rundirs.read_metrics(workdir)) == 2  # Readers skip it.
   result = train.train_and_evaluate(make_config(tiny_dataset), workdir)
   assert result == straight[1]
   # The cut line is gone and the log is the uninterrupted run's.

@@ -23,6 +23,7 @@ from mentor_jax import registry
 from mentor_jax import report
 from mentor_jax import stack
 from mentor_jax import train
+from mentor_jax import rundirs
 
 EPOCHS = 2
 # Largest difference seen between run k of a stack and the same run alone,
@@ -55,7 +56,7 @@ def baseline_config(model, npz, **overrides):
 
 
 def _log(path):
-  return report.read_metrics(path)
+  return rundirs.read_metrics(path)
 
 
 def _compare_logs(stacked, alone):
@@ -191,14 +192,14 @@ def test_stack_layout_and_summary(tiny_dataset, tmp_path):
     assert single['test'] == result['runs'][k]['test']
     saved = json.loads((run_dir / 'config.json').read_text())
     assert saved['seed'] == k and saved['seeds'] == []
-    per_user = np.load(run_dir / train.PER_USER_FILE)
+    per_user = np.load(run_dir / rundirs.PER_USER_FILE)
     assert np.isclose(per_user['recall@20'].mean(),
                       single['test']['recall@20'])
   values = [r['test']['recall@20'] for r in result['runs']]
   summary = result['summary']['test']['recall@20']
   assert summary['mean'] == pytest.approx(np.mean(values))
   assert summary['std'] == pytest.approx(np.std(values, ddof=1))
-  assert stack.run_dir(tmp_path, 2) == tmp_path / 'runs' / '2'
+  assert rundirs.run_dir(tmp_path, 2) == tmp_path / 'runs' / '2'
   # evaluate and recommend read run K's best checkpoint.
   out = tmp_path / 'eval1.json'
   assert evaluate.main(['--workdir', str(tmp_path), '--run', '1',
@@ -212,9 +213,9 @@ def test_stack_layout_and_summary(tiny_dataset, tmp_path):
                          '--users', '0,1', '--out', str(recs)]) == 0
   assert recs.exists()
   with pytest.raises(errors.ConfigError, match='--run K'):
-    stack.run_dir(tmp_path, None)
+    rundirs.run_dir(tmp_path, None)
   with pytest.raises(errors.ConfigError, match='0..2'):
-    stack.run_dir(tmp_path, 3)
+    rundirs.run_dir(tmp_path, 3)
 
 
 def test_each_run_stops_on_its_own(tiny_dataset, tmp_path):

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from mentor_jax import stats
+from mentor_jax import errors
+from mentor_jax import rundirs
 
 
 def _t_cdf(x: float, df: float) -> float:
@@ -224,7 +226,7 @@ def test_load_per_user_single_stack_and_group(tmp_path):
   dirs = _stack(tmp_path / 'stack', 2)
   _write_per_user(dirs[0], [1, 3], m=[0.0, 1.0])
   _write_per_user(dirs[1], [1, 3], m=[1.0, 1.0])
-  assert stats.run_dirs(tmp_path / 'stack') == dirs
+  assert rundirs.run_dirs(tmp_path / 'stack') == dirs
   np.testing.assert_allclose(stats.load_per_user(tmp_path / 'stack')['m'],
                              [0.5, 1.0])
   # A group: every run counts once (3 runs: 0.2, 0.0, 1.0 -> 0.4).
@@ -237,25 +239,25 @@ def test_load_per_user_refuses_bad_files_naming_them(tmp_path):
   _write_per_user(dirs[0], [1, 3], m=[0.0, 1.0])
   dirs[1].mkdir(parents=True)
   missing = dirs[1] / 'per_user_test.npz'
-  with pytest.raises(stats.ResultFileError, match=str(missing)):
+  with pytest.raises(errors.ResultFileError, match=str(missing)):
     stats.load_per_user(tmp_path / 'stack')
   _write_per_user(dirs[1], [1, 4], m=[0.0, 1.0])
-  with pytest.raises(stats.ResultFileError,
+  with pytest.raises(errors.ResultFileError,
                      match='not the same users') as e:
     stats.load_per_user(tmp_path / 'stack')
   assert str(dirs[0]) in str(e.value) and str(dirs[1]) in str(e.value)
   _write_per_user(dirs[1], [1, 3], n=[0.0, 1.0])
-  with pytest.raises(stats.ResultFileError, match='metrics'):
+  with pytest.raises(errors.ResultFileError, match='metrics'):
     stats.load_per_user(tmp_path / 'stack')
   _write_per_user(dirs[1], [3, 1], m=[0.0, 1.0])
-  with pytest.raises(stats.ResultFileError, match='ascending'):
+  with pytest.raises(errors.ResultFileError, match='ascending'):
     stats.load_per_user(tmp_path / 'stack')
   _write_per_user(dirs[1], [1, 3], m=[0.0, 1.0, 2.0])
-  with pytest.raises(stats.ResultFileError,
+  with pytest.raises(errors.ResultFileError,
                      match=r'field m: expected 2 floats'):
     stats.load_per_user(tmp_path / 'stack')
   (dirs[1] / 'per_user_test.npz').write_text('not an npz')
-  with pytest.raises(stats.ResultFileError, match='not a readable'):
+  with pytest.raises(errors.ResultFileError, match='not a readable'):
     stats.load_per_user(tmp_path / 'stack')
 
 
@@ -264,12 +266,12 @@ def test_run_dirs_of_a_stack_still_training_and_a_bad_result(tmp_path):
   for k in (1, 0, 10):
     (wd / 'runs' / str(k)).mkdir(parents=True)
     (wd / 'runs' / str(k) / 'config.json').write_text('{}')
-  assert stats.is_stack(wd)
-  assert [d.name for d in stats.run_dirs(wd)] == ['0', '1', '10']
+  assert rundirs.is_stack(wd)
+  assert [d.name for d in rundirs.run_dirs(wd)] == ['0', '1', '10']
   (wd / 'result.json').write_text('{"runs": [{"run": 0}, {"run": 5}]}')
-  with pytest.raises(stats.ResultFileError, match='lists run 5'):
-    stats.run_dirs(wd)
+  with pytest.raises(errors.ResultFileError, match='lists run 5'):
+    rundirs.run_dirs(wd)
   (wd / 'result.json').write_text('{"runs": ')
-  with pytest.raises(stats.ResultFileError, match='not valid JSON'):
-    stats.run_dirs(wd)
-  assert stats.run_dirs(tmp_path) == [tmp_path]  # Not a stack.
+  with pytest.raises(errors.ResultFileError, match='not valid JSON'):
+    rundirs.run_dirs(wd)
+  assert rundirs.run_dirs(tmp_path) == [tmp_path]  # Not a stack.

@@ -12,11 +12,15 @@ import conftest
 from configs import tiny
 from mentor_jax import data as data_lib
 from mentor_jax import errors
+from mentor_jax import family as family_lib
 from mentor_jax import metrics
 from mentor_jax.models.mentor import objective
 from mentor_jax import registry
 from mentor_jax import report
 from mentor_jax import train
+from mentor_jax import epoch as epoch_lib
+from mentor_jax import runbook
+from mentor_jax import rundirs
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +43,7 @@ def test_training_beats_popularity_on_real_tiktok(tiktok_slice, tmp_path):
   config.valid_metric = 'recall@20'
   result = train.train_and_evaluate(config, tmp_path)
 
-  log = report.read_metrics(tmp_path)
+  log = rundirs.read_metrics(tmp_path)
   assert len(log) == result['epochs_run'] == 12
   bpr = [r['loss']['bpr'] for r in log]
   assert bpr[-1] < 0.9 * bpr[0], bpr
@@ -60,9 +64,9 @@ def test_training_beats_popularity_on_real_tiktok(tiktok_slice, tmp_path):
 def test_epoch_compiles_once(tiny_dataset, tmp_path, monkeypatch):
   traces = []
 
-  def counting_setup(data, key, hp):
-    traces.append(1)  # Runs once per trace of the compiled epoch.
-    return data
+  def counting_setup(ctx, params, opt_state, key):
+    traces.append(1)  # Runs once per trace of the epoch's first program.
+    return family_lib.no_epoch_setup(ctx, params, opt_state, key)
 
   family = dataclasses.replace(objective.MENTOR, epoch_setup=counting_setup)
   monkeypatch.setattr(registry, 'get', lambda name: family)
@@ -100,11 +104,11 @@ def test_non_finite_error_names_the_first_bad_step_and_part():
   parts = {'bpr': np.array([1.0, 1.0, nan, nan]),
            'align': np.array([0.5, 0.5, 0.5, inf]),
            'reg': np.array([0.1, inf, 0.1, 0.1])}
-  err = train.non_finite_error(parts, epoch=3, first_step=40)
+  err = runbook.non_finite_error(parts, epoch=3, first_step=40)
   # Step 2 of the epoch (global 42) is the first bad one, through 'reg'.
   assert str(err).startswith("epoch 3, step 42 (step 2 of the epoch): loss "
                              "part 'reg' became NaN or inf;")
-  assert train.non_finite_error({'bpr': np.ones(3)}, 0, 0) is None
+  assert runbook.non_finite_error({'bpr': np.ones(3)}, 0, 0) is None
 
 
 def test_a_nan_learning_rate_is_refused_before_training(tiny_dataset,
@@ -134,7 +138,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
 
 
 def test_early_stopping_rule():
-  stopper = train.EarlyStopping(patience=2)
+  stopper = runbook.EarlyStopping(patience=2)
   seq = [0.1, 0.2, 0.2, 0.15, 0.2]
   out = [stopper.update(v) for v in seq]
   # Strictly better only; stop on the third consecutive miss.
@@ -146,4 +150,4 @@ def test_release_freed_host_memory_finds_glibc():
   if platform.libc_ver()[0] != 'glibc':
     pytest.skip(f'C library is {platform.libc_ver()[0] or "unknown"}, '
                 'not glibc: malloc_trim does not exist there')
-  assert train.release_freed_host_memory() is True
+  assert epoch_lib.release_freed_host_memory() is True

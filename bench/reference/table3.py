@@ -17,8 +17,8 @@ timed they are checked to be the same on both sides (mmrec_settings.py).
       --folder /work/bench_data/clothing --npz \
       /work/bench_data/synth_clothing.npz --dataset clothing
 
-Ours: the compiled epoch (`train.train_epoch`, AOT-compiled, compile time
-apart), `--our-warmup` untimed epochs, then `--our-epochs` timed ones;
+Ours: the compiled epoch (`epoch.py`'s programs, AOT-compiled, compile
+time apart), `--our-warmup` untimed epochs, then `--our-epochs` timed ones;
 evaluation = the scoring forward pass (where our config recomputes it, as
 MMRec's `full_sort_predict` does) + full ranking of valid and test.
 MMRec: see mmrec_worker.py; `--mmrec-batches` timed batches first (an
@@ -51,11 +51,15 @@ from bench import common  # pylint: disable=g-import-not-at-top
 from bench.reference import mmrec_settings  # pylint: disable=g-import-not-at-top
 
 HERE = pathlib.Path(__file__).resolve().parent
-# Display names, in the table's order (ID-only models first).
-DISPLAY = {'mfbpr': 'BPR', 'lightgcn': 'LightGCN', 'vbpr': 'VBPR',
-           'mmgcn': 'MMGCN', 'lattice': 'LATTICE', 'bm3': 'BM3',
-           'freedom': 'FREEDOM', 'lgmrec': 'LGMRec'}
-DEFAULT_MODELS = tuple(DISPLAY)
+# The table's order (ID-only models first).
+DEFAULT_MODELS = ('mfbpr', 'lightgcn', 'vbpr', 'mmgcn', 'lattice', 'bm3',
+                  'freedom', 'lgmrec')
+
+
+def display_name(model: str) -> str:
+  """As papers print it: the family's display name."""
+  from mentor_jax import registry  # pylint: disable=g-import-not-at-top
+  return registry.get(model).title
 OUR_LIMIT_GIB = 4.0  # issue 16: our side within 4 GiB on Clothing
 
 
@@ -106,16 +110,16 @@ def run_ours_workload(spec: dict[str, Any]) -> dict[str, Any]:
   base_rss = common.vm_rss_gib()
   t0 = time.perf_counter()
   dataset = datasets.load_for_config(config)
-  family, hp, data, graphdef, rest, state = train.setup(config, dataset)
-  evaluator = train.Evaluator(dataset, config)
+  family, hp, data, graphdef, rest, state = epoch_lib.setup(config, dataset)
+  evaluator = metrics_lib.Evaluator.for_config(dataset, config)
   setup_s = time.perf_counter() - t0
   hwm = {'setup': common.vm_hwm_gib()}
 
   kwargs = dict(graphdef=graphdef, family=family, hp=hp)
   t0 = time.perf_counter()
-  compiled = train.train_epoch.lower(state, rest, data, **kwargs).compile()
+  compiled = epoch_lib.train_epoch.lower(state, rest, data, **kwargs).compile()
   compile_s = time.perf_counter() - t0
-  train.release_freed_host_memory()  # as the trainer does
+  epoch_lib.release_freed_host_memory()  # as the trainer does
   hwm['compile'] = common.vm_hwm_gib()
 
   def one_epoch():
@@ -137,7 +141,7 @@ def run_ours_workload(spec: dict[str, Any]) -> dict[str, Any]:
   recompute = config.eval_embeddings == 'recompute'
 
   def evaluate():
-    emb = (train.clean_scores(state.params, rest, data, **kwargs)
+    emb = (epoch_lib.clean_scores(state.params, rest, data, **kwargs)
            if recompute else scores)
     return evaluator(*emb)
 
@@ -285,7 +289,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], header: str,
          '|---|---|---|---|---|---|']
   extrapolated = over = False
   for r in rows:
-    name = DISPLAY.get(r['model'], r['model'])
+    name = display_name(r['model'])
     ours_s = r['ours_failed'] or _fmt_s(r['ours_epoch_s'])
     ref_s = r['mmrec_failed'] or (
         ('~' if r['mmrec_extrapolated'] else '') + _fmt_s(r['mmrec_epoch_s']))
@@ -311,7 +315,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], header: str,
   out += ['', '| model | ours eval s (valid+test) | MMRec eval s '
           '(valid+test) |', '|---|---|---|']
   for r in rows:
-    out.append(f"| {DISPLAY.get(r['model'], r['model'])} | "
+    out.append(f"| {display_name(r['model'])} | "
                f"{_fmt_s(r['ours_eval_s'])} | {_fmt_s(r['mmrec_eval_s'])} |")
   return '\n'.join(out) + '\n'
 

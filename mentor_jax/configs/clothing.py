@@ -1,4 +1,5 @@
-"""MENTOR on Amazon Clothing (MMRec's version), the official hyper-parameters.
+"""Amazon Clothing (MMRec's version), for MENTOR (the official settings) or
+any model given as the argument (configs/clothing.py:lightgcn).
 
   python -m data_prep convert --src DATA/clothing --out data/clothing.npz
   python -m mentor_jax.train --config configs/clothing.py --workdir runs/clothing
@@ -13,5 +14,5 @@ its first cell (override with --config.mask_weight_g=... --config.temp=...).
 from mentor_jax.configs import base
 
 
-def get_config():
-  return base.amazon_config('clothing')
+def get_config(model: str = 'mentor'):
+  return base.amazon_config('clothing', model)

@@ -1,4 +1,5 @@
-"""MENTOR on a seeded synthetic dataset shaped like Amazon Clothing.
+"""A seeded synthetic dataset shaped like Amazon Clothing, for any model
+(the argument; MENTOR by default).
 
 Same users, items and interactions as the real dataset (MENTOR_SPEC §1.1),
 4096-d visual and 384-d text features with planted signal; built on first
@@ -10,5 +11,5 @@ use. For speed and memory benchmarks; its metrics say nothing about the paper.
 from mentor_jax.configs import base
 
 
-def get_config():
-  return base.amazon_config('clothing', synthetic=True)
+def get_config(model: str = 'mentor'):
+  return base.amazon_config('clothing', model, synthetic=True)

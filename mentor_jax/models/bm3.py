@@ -120,7 +120,9 @@ def frobenius(x: jax.Array) -> jax.Array:
 
 
 def loss(model: BM3, data: data_lib.DeviceData, batch: data_lib.Batches,
-         key: jax.Array, hp: Hparams) -> family.LossOutput:
+         key: jax.Array, hp: Hparams,
+         aux: Any = None) -> family.LossOutput:
+  del aux
   users, items = forward(model, data, hp)
   u_ids, i_ids, mask = batch.users, batch.pos_items, batch.mask
   u, i = users[u_ids], items[i_ids]
@@ -161,10 +163,16 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> BM3:
 
 
 BM3_FAMILY = family.ModelFamily(
-    name='bm3', create_model=create_model,
+    name='bm3', display_name='BM3', hparams=Hparams,
+    create_model=create_model, loss=loss, score=score,
     sweepable=frozenset({'reg_weight', 'cl_weight', 'dropout'}),
     gated=frozenset({'dropout'}),
-    make_hparams=Hparams.from_config, loss=loss, score=score,
+    table_params=('user_emb', 'item_emb', 'feat_v', 'feat_t'),
+    report_keys=('n_layers', 'dropout', 'cl_weight'),
+    # BM3.yaml's grid (cl_weight 2.0 fixed); the default is its first cell.
+    defaults={'embedding_size': 64,
+              'grid': {'n_layers': (1, 2), 'reg_weight': (0.1, 0.01),
+                       'dropout': (0.3, 0.5)}},
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1), n_layers=spec.integer(0),
         reg_weight=spec.NON_NEGATIVE, dropout=spec.PROBABILITY_BELOW_1,

@@ -113,19 +113,22 @@ def prune_adj(adj: sparse.Csr, n_users: int, key: jax.Array,
   return adj.with_values(jnp.concatenate([user_half, user_half[mirror]]))
 
 
-def epoch_setup(data: data_lib.DeviceData, key: jax.Array,
-                hp: Hparams) -> data_lib.DeviceData:
-  if hp.dropout <= 0.0:  # MMRec trains on the full graph then.
-    return data
-  n_users = data.train_indptr.shape[0] - 1
-  return data._replace(adj=prune_adj(data.adj, n_users, key, hp.dropout))
+def epoch_setup(ctx: family.EpochContext, params: Any, opt_state: Any,
+                key: jax.Array) -> family.EpochStart:
+  """MMRec's `pre_epoch_processing`: this epoch's pruned graph as `aux`."""
+  hp, adj = ctx.hp, ctx.data.adj
+  if hp.dropout > 0.0:  # MMRec trains on the full graph otherwise.
+    n_users = ctx.data.train_indptr.shape[0] - 1
+    adj = prune_adj(adj, n_users, key, hp.dropout)
+  return family.EpochStart(params, opt_state, aux=adj)
 
 
 def loss(model: Freedom, data: data_lib.DeviceData, batch: data_lib.Batches,
-         key: jax.Array, hp: Hparams) -> family.LossOutput:
+         key: jax.Array, hp: Hparams,
+         aux: sparse.Csr | None = None) -> family.LossOutput:
+  """The loss on the epoch's pruned graph `aux` (the full one if None)."""
   del key
-  # `data.adj` is the pruned graph here: epoch_setup ran before the steps.
-  users, items = forward(model, data, data.adj, hp)
+  users, items = forward(model, data, data.adj if aux is None else aux, hp)
   u = users[batch.users]
   p, n, mask = batch.pos_items, batch.neg_items, batch.mask
 
@@ -173,10 +176,17 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> Freedom:
 
 
 FREEDOM_FAMILY = family.ModelFamily(
-    name='freedom', create_model=create_model,
-    sweepable=frozenset({'reg_weight', 'mm_image_weight'}),
-    make_hparams=Hparams.from_config, loss=loss, score=score,
+    name='freedom', display_name='FREEDOM', hparams=Hparams,
+    create_model=create_model, loss=loss, score=score,
     epoch_setup=epoch_setup,
+    sweepable=frozenset({'reg_weight', 'mm_image_weight'}),
+    table_params=('user_emb', 'item_emb', 'feat_v', 'feat_t'),
+    report_keys=('dropout',),
+    # FREEDOM.yaml: knn_k 10 (the trainer's), feat_embed_dim 64 and its
+    # grid; the default cell is dropout 0.8, reg_weight 1e-3.
+    defaults={'embedding_size': 64, 'feat_embed_dim': 64,
+              'grid': {'dropout': (0.8, 0.9),
+                       'reg_weight': (0.0, 1e-5, 1e-4, 1e-3)}},
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),
         feat_embed_dim=spec.integer(1), reg_weight=spec.NON_NEGATIVE,

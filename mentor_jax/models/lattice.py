@@ -21,10 +21,10 @@
 * When the graph is built: as MMRec, in the first batch of each epoch
   (`build_item_graph`, with gradient into the projections, feature tables
   and modal weights through the kept similarity values), then reused,
-  detached, for the rest of the epoch: the trainer runs `loss` in an
-  epoch's first step and `loss_after_first_step` on `epoch_state` in the
-  others (`ModelFamily.epoch_state`). Scoring rebuilds G with the current
-  parameters.
+  detached, for the rest of the epoch: `epoch_setup` builds it from the
+  epoch's starting parameters, and the family's `train_step` runs `loss`
+  in the first step and the loss on that graph in the others. Scoring
+  rebuilds G with the current parameters.
 """
 
 from __future__ import annotations
@@ -217,29 +217,40 @@ def loss_with_graph(model: Lattice, data: data_lib.DeviceData,
 
 
 def loss(model: Lattice, data: data_lib.DeviceData, batch: data_lib.Batches,
-         key: jax.Array, hp: Hparams) -> family.LossOutput:
+         key: jax.Array, hp: Hparams, aux: Any = None) -> family.LossOutput:
   """MMRec's first-batch loss: G built now, with gradient through it."""
-  del key
+  del key, aux
   return loss_with_graph(model, data, batch, hp, epoch_graph(model, hp),
                          value_grad=True)
 
 
-def epoch_state(model: Lattice, data: data_lib.DeviceData,
-                hp: Hparams) -> tuple[jax.Array, jax.Array]:
-  """G from the epoch's starting parameters, detached: the graph the
-  first step builds, which the later steps of the epoch reuse."""
-  del data
-  return jax.lax.stop_gradient(epoch_graph(model, hp))
-
-
-def loss_after_first_step(model: Lattice, data: data_lib.DeviceData,
-                          batch: data_lib.Batches, key: jax.Array,
-                          hp: Hparams, item_graph: tuple[jax.Array, jax.Array]
-                          ) -> family.LossOutput:
-  """MMRec's loss for the batches after the first: G reused, detached."""
+def epoch_setup(ctx: family.EpochContext, params: Any, opt_state: Any,
+                key: jax.Array) -> family.EpochStart:
+  """G from the epoch's starting parameters, detached, as `aux`: the graph
+  the first step builds, which the later steps of the epoch reuse."""
   del key
-  return loss_with_graph(model, data, batch, hp, item_graph,
-                         value_grad=False)
+  graph_ = jax.lax.stop_gradient(epoch_graph(ctx.model(params), ctx.hp))
+  return family.EpochStart(params, opt_state, aux=graph_)
+
+
+def train_step(ctx: family.EpochContext, params: Any, opt_state: Any,
+               batch: data_lib.Batches, key: jax.Array,
+               index: jax.Array) -> family.StepOutput:
+  """MMRec's schedule: `loss` (G built with gradient) in the epoch's first
+  step; in the others the loss on `ctx.aux`, G reused detached
+  (`item_adj.detach()`), one `lax.cond`."""
+  def first(params, batch, key):
+    return loss(ctx.model(params), ctx.data, batch, key, ctx.hp)
+
+  def later(params, batch, key):
+    del key
+    return loss_with_graph(ctx.model(params), ctx.data, batch, ctx.hp,
+                           ctx.aux, value_grad=False)
+
+  def loss_fn(params, batch, key, index):
+    return jax.lax.cond(index == 0, first, later, params, batch, key)
+  return family.apply_gradients(ctx, loss_fn, params, opt_state, batch, key,
+                                index)
 
 
 def score(model: Lattice, data: data_lib.DeviceData,
@@ -266,10 +277,18 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> Lattice:
 
 
 LATTICE_FAMILY = family.ModelFamily(
-    name='lattice', create_model=create_model,
+    name='lattice', display_name='LATTICE', hparams=Hparams,
+    create_model=create_model, loss=loss, score=score,
+    epoch_setup=epoch_setup, train_step=train_step,
     sweepable=frozenset({'reg_weight', 'lambda_coeff'}),
-    make_hparams=Hparams.from_config, loss=loss, score=score,
-    epoch_state=epoch_state, loss_after_first_step=loss_after_first_step,
+    table_params=('user_emb', 'item_emb', 'feat_v', 'feat_t'),
+    report_keys=('lambda_coeff',),
+    # LATTICE.yaml: feat_embed_dim 64, its learning_rate_scheduler and
+    # grid; the default cell is reg_weight 1e-4 at lr 1e-3.
+    defaults={'embedding_size': 64, 'feat_embed_dim': 64,
+              'learning_rate_scheduler': (0.96, 50),
+              'grid': {'reg_weight': (0.0, 1e-5, 1e-4, 1e-3),
+                       'learning_rate': (1e-4, 5e-4, 1e-3, 5e-3)}},
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),
         feat_embed_dim=spec.integer(1), reg_weight=spec.NON_NEGATIVE,

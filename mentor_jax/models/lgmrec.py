@@ -185,7 +185,9 @@ def _sizes(model: LGMRec) -> tuple[int, int, int]:
 
 
 def loss(model: LGMRec, data: data_lib.DeviceData, batch: data_lib.Batches,
-         key: jax.Array, hp: Hparams) -> family.LossOutput:
+         key: jax.Array, hp: Hparams,
+         aux: Any = None) -> family.LossOutput:
+  del aux
   noise = draw_noise(key, *_sizes(model), hp.keep_rate)
   f = forward(model, data, hp, noise)
   u = f.users[batch.users]
@@ -234,9 +236,13 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> LGMRec:
 
 
 LGMREC_FAMILY = family.ModelFamily(
-    name='lgmrec', create_model=create_model,
+    name='lgmrec', display_name='LGMRec', hparams=Hparams,
+    create_model=create_model, loss=loss, score=score,
     sweepable=frozenset({'reg_weight', 'cl_weight', 'alpha', 'keep_rate'}),
-    make_hparams=Hparams.from_config, loss=loss, score=score,
+    table_params=('user_emb', 'item_emb'),
+    report_keys=('cl_weight', 'alpha', 'keep_rate', 'hyper_num'),
+    # LGMRec.yaml has one value per key (no grid): the Hparams defaults.
+    defaults={'embedding_size': 64, 'feat_embed_dim': 64},
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),
         feat_embed_dim=spec.integer(1), cf_model=spec.choice(*CF_MODELS),

@@ -53,8 +53,9 @@ def propagate(model: LightGCN, data: data_lib.DeviceData,
 
 
 def loss(model: LightGCN, data: data_lib.DeviceData, batch: data_lib.Batches,
-         key: jax.Array, hp: Hparams) -> family.LossOutput:
-  del key
+         key: jax.Array, hp: Hparams,
+         aux: Any = None) -> family.LossOutput:
+  del key, aux
   users, items = propagate(model, data, hp)
   u = users[batch.users]
   pos = jnp.sum(u * items[batch.pos_items], axis=-1)
@@ -80,9 +81,15 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> LightGCN:
 
 
 LIGHTGCN_FAMILY = family.ModelFamily(
-    name='lightgcn', create_model=create_model,
+    name='lightgcn', display_name='LightGCN', hparams=Hparams,
+    create_model=create_model, loss=loss, score=score,
     sweepable=frozenset({'reg_weight'}),
-    make_hparams=Hparams.from_config, loss=loss, score=score,
+    table_params=('user_emb', 'item_emb'), report_keys=('n_layers',),
+    # LightGCN.yaml's grid; the default cell (3 layers, 1e-4) is the
+    # LightGCN paper's.
+    defaults={'embedding_size': 64,
+              'grid': {'n_layers': (1, 2, 3, 4),
+                       'reg_weight': (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)}},
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),
         reg_weight=spec.NON_NEGATIVE, n_layers=spec.integer(0)))

@@ -39,8 +39,9 @@ class MFBPR(nnx.Module):
 
 
 def loss(model: MFBPR, data: data_lib.DeviceData, batch: data_lib.Batches,
-         key: jax.Array, hp: Hparams) -> family.LossOutput:
-  del data, key
+         key: jax.Array, hp: Hparams,
+         aux: Any = None) -> family.LossOutput:
+  del data, key, aux
   users, items = model.user_emb[...], model.item_emb[...]
   parts = losses.mmrec_bpr_with_emb_reg(
       users, items, batch.users, batch.pos_items, batch.neg_items,
@@ -60,9 +61,14 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> MFBPR:
 
 
 MFBPR_FAMILY = family.ModelFamily(
-    name='mfbpr', create_model=create_model,
+    name='mfbpr', display_name='MF-BPR', hparams=Hparams,
+    create_model=create_model, loss=loss, score=score,
     sweepable=frozenset({'reg_weight'}),
-    make_hparams=Hparams.from_config, loss=loss, score=score,
+    table_params=('user_emb', 'item_emb'),
+    # BPR.yaml's grid; reg_weight 1e-3 is its default cell here.
+    defaults={'embedding_size': 64,
+              'grid': {'reg_weight': (2.0, 1.0, 0.1, 1e-2, 1e-3, 1e-4,
+                                      1e-5)}},
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),
         reg_weight=spec.NON_NEGATIVE))

@@ -166,8 +166,9 @@ def forward(model: MMGCN, data: data_lib.DeviceData,
 
 
 def loss(model: MMGCN, data: data_lib.DeviceData, batch: data_lib.Batches,
-         key: jax.Array, hp: Hparams) -> family.LossOutput:
-  del key
+         key: jax.Array, hp: Hparams,
+         aux: Any = None) -> family.LossOutput:
+  del key, aux
   rep = forward(model, data, hp)
   n_users = data.train_indptr.shape[0] - 1
   users, items = rep[:n_users], rep[n_users:]
@@ -206,9 +207,17 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> MMGCN:
 
 
 MMGCN_FAMILY = family.ModelFamily(
-    name='mmgcn', create_model=create_model,
+    name='mmgcn', display_name='MMGCN', hparams=Hparams,
+    create_model=create_model, loss=loss, score=score,
     sweepable=frozenset({'reg_weight'}),
-    make_hparams=Hparams.from_config, loss=loss, score=score,
+    # Its user and item tables are constants (never trained upstream), so
+    # nothing is row-sharded: shard_tables is refused for it.
+    table_params=(),
+    # MMGCN.yaml's grid; ranks the last training forward's embeddings, as
+    # MMRec's `self.result`.
+    defaults={'embedding_size': 64, 'eval_embeddings': 'last_step',
+              'grid': {'reg_weight': (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1),
+                       'learning_rate': (1e-4, 5e-4, 1e-3, 5e-3, 1e-2)}},
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),
         reg_weight=spec.NON_NEGATIVE))

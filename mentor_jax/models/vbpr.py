@@ -61,8 +61,9 @@ def item_rows(item_emb: jax.Array, proj_w: jax.Array, proj_b: jax.Array,
 
 
 def loss(model: VBPR, data: data_lib.DeviceData, batch: data_lib.Batches,
-         key: jax.Array, hp: Hparams) -> family.LossOutput:
-  del key
+         key: jax.Array, hp: Hparams,
+         aux: Any = None) -> family.LossOutput:
+  del key, aux
   # Every item's row, as MMRec's forward: the trainer may evaluate with
   # this step's embeddings (eval_embeddings='last_step').
   users, items = score(model, data, hp)
@@ -88,9 +89,14 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> VBPR:
 
 
 VBPR_FAMILY = family.ModelFamily(
-    name='vbpr', create_model=create_model,
+    name='vbpr', display_name='VBPR', hparams=Hparams,
+    create_model=create_model, loss=loss, score=score,
     sweepable=frozenset({'reg_weight'}),
-    make_hparams=Hparams.from_config, loss=loss, score=score,
+    table_params=('user_emb', 'item_emb'),
+    # VBPR.yaml's grid (as BPR.yaml's, with the same loss form).
+    defaults={'embedding_size': 64,
+              'grid': {'reg_weight': (2.0, 1.0, 0.1, 1e-2, 1e-3, 1e-4,
+                                      1e-5)}},
     config_spec=family.spec_from_hparams(
         Hparams, embedding_size=spec.integer(1),
         reg_weight=spec.NON_NEGATIVE))

@@ -188,7 +188,8 @@ def align_loss(
   views = {'r': fused, 'g': ident, 'v': visual, 't': textual}
   # Compute each view's statistics once even if it appears in several pairs.
   moments = {}
-  for name in needed:
+  for name in sorted(needed):  # A fixed order: the same program (and
+    # compilation-cache key) in every process.
     mean, var = stat_fn(views[name])
     disp = jnp.sqrt(var) if dispersion == 'std' else var
     moments[name] = (mean, disp)

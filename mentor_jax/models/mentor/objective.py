@@ -27,36 +27,77 @@ from mentor_jax.ops import precision as precision_lib
 
 @dataclasses.dataclass(frozen=True)
 class Hparams(family.TrainHparams):
-  """Static settings of MENTOR's compiled train step (hashable for jit)."""
+  """Static settings of MENTOR's compiled train step (hashable for jit).
 
+  The defaults are the official code's (MENTOR.yaml; the first cell of its
+  grid); each is also a config key of the same name.
+  """
+
+  # Loss weights (the grid varies mask_weight_g and temp).
   reg_weight: float = 1e-3
   align_weight: float = 0.1
   mask_weight_f: float = 1.5
   dropout: float = 0.5
   mask_weight_g: float = 1e-4
   temp: float = 0.2
+  # Two user-item layers are hard-coded upstream.
   n_ui_layers: int = 2
+  # Item-item layers L: 1 code, the paper says only "multilayer".
   n_mm_layers: int = 1
   mm_image_weight: float = 0.1
   noise_eps: float = 0.1
   spmm_kernel: str = 'csr'
+  # Engineering knobs (ops/infonce.py): 'fused' (blockwise, exact),
+  # 'naive', 'sharded'; the block's rows.
   infonce_impl: str = 'fused'
   infonce_block_size: int = 256
-  infonce_scope: str = 'all'  # Scale-out (ops/infonce.py): 'all' | 'batch'.
-  # Code-vs-paper switches (configs/base.py, docs/paper_vs_code.md); the
-  # defaults are the official code.
+  # 'all' (official): InfoNCE over every user and every item. 'batch':
+  # over the batch's distinct users / positive items only (SimGCL
+  # practice, O(B^2)); NOT the official semantics, for very large graphs.
+  infonce_scope: str = 'all'
+  # Code-vs-paper switches (MENTOR_SPEC §2.7; docs/paper_vs_code.md). Each
+  # default is the official code; configs/paper.py sets the paper's values
+  # (and knn_k: 10 code, 40 paper).
+  # Fusion: 'per_user' = U x 2 table weight_u on the user side only (code);
+  # 'alpha' = one trainable alpha (init 0.5) on users and items (Eq. 7).
   fusion: str = 'per_user'
+  # Alignment statistics: 'global' = one mean / variance per view (code);
+  # 'per_node' = per row over the feature dimension (Eq. 8).
   align_stats: str = 'global'
+  # Dispersion compared by the alignment: 'variance' (code, and Eq. 8's
+  # Var) or 'std' (the sigma symbol of Eq. 9-16 read literally).
   align_dispersion: str = 'variance'
+  # Alignment levels in the paper's numbering (Fig. 3): 1 = (v, t),
+  # 2 = (id, v) + (id, t), 3 = (f, v) + (f, t) + (f, id); () = MENTOR_base.
   align_levels: tuple[int, ...] = (1, 2, 3)
+  # Feature masking: 'logged' = computed without gradient (code: a no-op
+  # for training); 'gradient' = Eq. 17 as a real loss, stop-gradient on the
+  # dropout view.
   feature_mask: str = 'logged'
+  # Graph perturbation: 'separate_encoders' = four extra noise encoders
+  # (code); 'own_encoders' = two perturbed passes of the v and t encoders
+  # themselves (Eq. 18-20).
   perturbation: str = 'separate_encoders'
+  # Noise after each UI layer: 'simgcl' = sign-aligned, per-node norm
+  # noise_eps (code); 'uniform' = noise_eps * U(0, 1) per entry (Eq. 18-19,
+  # with noise_eps = 1).
   noise: str = 'simgcl'
+  # InfoNCE views: 'fused' = 128-d [w_v v || w_t t] views (code);
+  # 'per_modality' = one InfoNCE per modality on 64-d views (Eq. 21).
   nce_views: str = 'fused'
+  # Item-item aggregation added to the UI output x: 'power' = x + S^L x
+  # (code, and the paper's "+ A^(l)"), 'sum' = x + sum_{l=1..L} S^l x.
   mm_aggregation: str = 'power'
+  # BPR logarithm base: 2.0 (code: log2) or e (Eq. 23: ln).
   bpr_log_base: float = 2.0
+  # L2 term: 'code' = reg_weight * (mean square of the batch users' v and t
+  # preference rows + mean square of weight_u); 'paper' = reg_weight *
+  # batch mean of the rows' squared norms, no weight_u (Eq. 24).
   reg_form: str = 'code'
-  # 'float32' | 'tf32' | 'bf16': the training matmuls (precision.py).
+  # Precision of the training matmuls (item MLPs, InfoNCE; ops/precision.py):
+  # 'float32' (strict; the official code's), 'tf32' or 'bf16' (float32
+  # accumulation). Evaluation always scores in float32. Unlike the knobs
+  # above, the reduced ones change results (bench/RESULTS.md, "Precision").
   matmul_precision: str = 'float32'
 
   def __post_init__(self):
@@ -150,7 +191,8 @@ def _stack(u: jax.Array, i: jax.Array) -> jax.Array:
 
 
 def mentor_loss(model: model_lib.Mentor, data: data_lib.DeviceData,
-                batch: data_lib.Batches, key: jax.Array, hp: Hparams
+                batch: data_lib.Batches, key: jax.Array, hp: Hparams,
+                aux: Any = None
                 ) -> tuple[jax.Array, tuple[dict[str, jax.Array],
                                             tuple[jax.Array, jax.Array]]]:
   """Total loss of one batch.
@@ -159,6 +201,7 @@ def mentor_loss(model: model_lib.Mentor, data: data_lib.DeviceData,
     (total, (parts, (R^u, R^i))): the loss parts as logged (each already
     multiplied by its weight) and the fused embeddings used for scoring.
   """
+  del aux  # MENTOR builds nothing per epoch.
   noise_key, drop_key = jax.random.split(key)
   emb = run_forward(model, data, noise_key, hp)
   v = model_lib.build_views(emb)
@@ -262,10 +305,20 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> model_lib.Mentor:
 
 
 MENTOR = family.ModelFamily(
-    name='mentor', create_model=create_model,
-    make_hparams=Hparams.from_config, loss=mentor_loss,
-    score=score_embeddings, config_spec=CONFIG_SPEC,
+    name='mentor', display_name='MENTOR', hparams=Hparams,
+    create_model=create_model, loss=mentor_loss, score=score_embeddings,
     sweepable=frozenset({'reg_weight', 'align_weight', 'mask_weight_f',
                          'mask_weight_g', 'dropout', 'temp',
                          'mm_image_weight', 'noise_eps'}),
-    gated=frozenset({'align_weight', 'mask_weight_f', 'mask_weight_g'}))
+    gated=frozenset({'align_weight', 'mask_weight_f', 'mask_weight_g'}),
+    table_params=('preference', 'weight_u', 'id_feat'),
+    report_keys=('mask_weight_g', 'temp'),
+    config_spec=CONFIG_SPEC,
+    # MENTOR.yaml's learning rate and its grid (mask_weight_g x temp; the
+    # default is the first cell), MENTOR's overall.yaml's model selection
+    # (valid Recall@10), and the official evaluation of the last training
+    # forward's embeddings, one optimizer step stale.
+    defaults={'embedding_size': model_lib.EMBED_DIM, 'learning_rate': 1e-4,
+              'valid_metric': 'recall@10', 'eval_embeddings': 'last_step',
+              'grid': {'mask_weight_g': (1e-4, 1e-3),
+                       'temp': (0.2, 0.4, 0.6)}})

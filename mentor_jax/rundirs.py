@@ -1,0 +1,119 @@
+"""The layout of a training workdir, and the readers of its files.
+
+A workdir holds one run or a stack of K runs (config.seeds x config.sweep,
+trained as one program; stack.py):
+
+  <workdir>/config.json, metrics.jsonl, result.json, per_user_test.npz,
+            checkpoints/{latest,best}/            a single run
+  <workdir>/config.json, result.json ({'runs': [...], 'summary': ...}),
+            checkpoints/latest/ (the stacked state),
+            runs/<k>/                             each run, laid out as a
+                                                  single run's workdir
+                                                  (its best checkpoint only)
+
+Every command that reads runs (evaluate, recommend, report, stats) finds
+them here, so that none imports the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+from mentor_jax import errors
+from mentor_jax import workdir as workdir_lib
+
+RUNS_DIR = 'runs'  # <workdir>/runs/<k>/
+METRICS_FILE = 'metrics.jsonl'
+PER_USER_FILE = 'per_user_test.npz'
+
+
+def read_metrics(run_dir: str | pathlib.Path) -> list[dict[str, Any]]:
+  """The records of `<run_dir>/metrics.jsonl`, one per epoch.
+
+  [] when the file does not exist yet. A line that a running trainer has
+  not finished writing (or a full disk cut short) is skipped.
+  """
+  return workdir_lib.read_jsonl(pathlib.Path(run_dir) / METRICS_FILE)
+
+
+def read_result(workdir: str | pathlib.Path) -> dict[str, Any] | None:
+  """`<workdir>/result.json` as a dict; None when it is not there (yet)."""
+  path = pathlib.Path(workdir) / 'result.json'
+  if not path.exists():
+    return None
+  try:
+    result = json.loads(path.read_text())
+  except ValueError as e:
+    raise errors.ResultFileError(f'{path}: not valid JSON ({e})') from e
+  if not isinstance(result, dict):
+    raise errors.ResultFileError(f'{path}: expected a JSON object, found '
+                                 f'{type(result).__name__}')
+  return result
+
+
+def is_stack(workdir: str | pathlib.Path) -> bool:
+  """Whether `workdir` holds K stacked runs.
+
+  A finished stack says so in result.json ('runs'); one still training (no
+  result.json yet) by its `runs/<k>/config.json` folders.
+  """
+  workdir = pathlib.Path(workdir)
+  result = read_result(workdir)
+  if result is not None:
+    return 'runs' in result
+  return (workdir / RUNS_DIR / '0' / 'config.json').exists()
+
+
+def run_dirs(workdir: str | pathlib.Path) -> list[pathlib.Path]:
+  """[workdir] for a single run; `<workdir>/runs/<k>` in k order for a stack.
+
+  Raises:
+    ResultFileError: a stack's result.json names a run whose folder is
+      missing, or its 'runs' is not a list of {'run': k, ...}.
+  """
+  workdir = pathlib.Path(workdir)
+  if not is_stack(workdir):
+    return [workdir]
+  result = read_result(workdir)
+  if result is None:  # Still training: the folders there are the runs.
+    ks = sorted(int(p.name) for p in (workdir / RUNS_DIR).iterdir()
+                if p.name.isdigit() and (p / 'config.json').exists())
+  else:
+    try:
+      ks = [int(r['run']) for r in result['runs']]
+    except (TypeError, KeyError, ValueError) as e:
+      raise errors.ResultFileError(
+          f'{workdir / "result.json"}: field runs: expected a list of '
+          f'{{"run": k, ...}} objects ({e!r})') from e
+  dirs = [workdir / RUNS_DIR / str(k) for k in ks]
+  for d in dirs:
+    if not d.is_dir():
+      raise errors.ResultFileError(f'{workdir / "result.json"} lists run '
+                                   f'{d.name}, but {d} is missing')
+  return dirs
+
+
+def run_dir(workdir: str | pathlib.Path, run: int | None) -> pathlib.Path:
+  """The directory of run `run` of a stacked workdir (or `workdir` itself).
+
+  Raises:
+    ConfigError: a stack without `run`, or `run` of a workdir that is not a
+      stack / out of range.
+  """
+  workdir = pathlib.Path(workdir)
+  dirs = run_dirs(workdir) if is_stack(workdir) else []
+  n = len(dirs)
+  if run is None:
+    if n:
+      raise errors.ConfigError(
+          f'{workdir} holds a stack of {n} runs; name one with --run K '
+          f'(0..{n - 1}).')
+    return workdir
+  if not n:
+    raise errors.ConfigError(f'--run {run}: {workdir} holds a single run, '
+                             'not a stack; leave --run out.')
+  if not 0 <= run < n:
+    raise errors.ConfigError(f'--run {run}: {workdir} holds runs 0..{n - 1}')
+  return dirs[run]
