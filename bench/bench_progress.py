@@ -1,59 +1,91 @@
-"""Usage: python bench/bench_progress.py STEPS REPS [BABY_NPZ]
+"""The cost of watching an epoch: segments against one program.
 
-Progress-bar overhead: Baby-shape epoch program with and without the
-per-step callback (interleaved A/B), plus the callback's own cost."""
-import sys, time, json
+  python bench/bench_progress.py --config configs/synth_baby.py \
+      --data-npz /work/bench_data/synth_baby.npz --steps 6 --reps 5
+
+The trainer runs an epoch as its begin program and `epoch.SEGMENTS`
+segments of steps (at most one per step), all dispatched at once, and waits
+for each segment's end to move the progress bar (`epoch.run_epoch`). This
+times the same compiled programs two ways, interleaved A/B after one
+warm-up each: every step its own segment, the host waiting on each (what
+the trainer does with a bar), and the whole epoch as one segment. It
+reports the median step time of each and the overhead per step, and checks
+that both give the same bits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import jax
 import numpy as np
-import jax, jax.numpy as jnp
-sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
-from configs import synth_baby
-from mentor_jax import datasets, progress, train
-from mentor_jax import epoch as epoch_lib
 
-STEPS, REPS = int(sys.argv[1]), int(sys.argv[2])
-config = synth_baby.get_config()
-config.data_npz = sys.argv[3] if len(sys.argv) > 3 else 'data/synth_baby.npz'
-dataset = datasets.load_for_config(config)
-family, hp, data, graphdef, rest, state = epoch_lib.setup(config, dataset)
-rng = np.random.default_rng(0)
-rows = np.sort(rng.choice(dataset.n_train, STEPS * hp.batch_size, replace=False))
-data = data._replace(train_user=data.train_user[rows], train_item=data.train_item[rows])
-kw = dict(graphdef=graphdef, family=family, hp=hp)
-progs = {}
-for flag in (True, False):
-  t = time.perf_counter()
-  progs[flag] = epoch_lib.train_epoch.lower(state, rest, data, progress=flag, **kw).compile()
-  print('compiled', flag, round(time.perf_counter() - t, 1), flush=True)
-epoch_lib.release_freed_host_memory()
-bar = progress.EpochProgress(STEPS, 100, stream=open('/dev/null', 'w'), tty=True)
-states = {f: jax.tree.map(lambda x: x.copy(), state) for f in (True, False)}
-times = {True: [], False: []}
-with bar:
-  for rep in range(REPS + 1):
-    for flag in ((True, False) if rep % 2 else (False, True)):
-      bar.start(rep)
-      t = time.perf_counter()
-      states[flag], parts, _ = progs[flag](states[flag], rest, data)
-      jax.block_until_ready(parts)
-      dt = time.perf_counter() - t
-      bar.finish(dt)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench import bench_train  # pylint: disable=g-import-not-at-top
+from bench import common  # pylint: disable=g-import-not-at-top
+from mentor_jax import datasets  # pylint: disable=g-import-not-at-top
+from mentor_jax import epoch as epoch_lib  # pylint: disable=g-import-not-at-top
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--config', default='configs/synth_baby.py')
+  parser.add_argument('--data-npz', default='')
+  parser.add_argument('--steps', type=int, default=6,
+                      help='steps per program (a seeded subset of rows)')
+  parser.add_argument('--reps', type=int, default=5)
+  args = parser.parse_args()
+  print(json.dumps(common.environment()))
+  overrides = {'data_npz': args.data_npz} if args.data_npz else {}
+  config = bench_train.load_config(args.config, overrides)
+  dataset = datasets.load_for_config(config)
+  family, hp, data, graphdef, rest, state = epoch_lib.setup(config, dataset)
+  if args.steps * hp.batch_size < dataset.n_train:
+    rows = np.sort(np.random.default_rng(0).choice(
+        dataset.n_train, args.steps * hp.batch_size, replace=False))
+    data = data._replace(train_user=data.train_user[rows],
+                         train_item=data.train_item[rows])
+  n_steps = epoch_lib.n_steps_of(family, data, hp)
+  compiled = epoch_lib.compile_epoch(state, rest, data, graphdef=graphdef,
+                                     family=family, hp=hp)
+  epoch_lib.release_freed_host_memory()
+  print(f'compiled in {compiled.compile_s:.1f}s; {n_steps} steps',
+        flush=True)
+  segments = {'per_step': n_steps, 'whole': 1}
+  states = {name: jax.tree.map(lambda x: x.copy(), state)
+            for name in segments}
+  times = {name: [] for name in segments}
+  outputs = {}
+  seen = []
+  for rep in range(args.reps + 1):
+    order = list(segments) if rep % 2 else list(segments)[::-1]
+    for name in order:
+      epoch_lib.SEGMENTS = segments[name]
+      t0 = time.perf_counter()
+      states[name], parts, scores = compiled(
+          states[name], rest, data, n_steps=n_steps,
+          on_progress=seen.append)
+      jax.block_until_ready((states[name], parts, scores))
+      dt = time.perf_counter() - t0
       if rep:  # rep 0: warm-up
-        times[flag].append(dt / STEPS)
-      print(rep, flag, round(dt / STEPS, 4), flush=True)
-med = {f: float(np.median(v)) for f, v in times.items()}
-print(json.dumps({'step_s_with': med[True], 'step_s_without': med[False],
-                  'overhead_pct': 100 * (med[True] / med[False] - 1),
-                  'with': times[True], 'without': times[False]}))
+        times[name].append(dt / n_steps)
+      outputs[name] = jax.device_get((parts, scores))
+      print(rep, name, f'{dt / n_steps:.4f} s/step', flush=True)
+  same = all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(outputs['per_step']), jax.tree.leaves(outputs['whole'])))
+  med = {name: float(np.median(v)) for name, v in times.items()}
+  print(json.dumps({
+      'steps': n_steps, 'step_s_per_step_segments': med['per_step'],
+      'step_s_one_segment': med['whole'],
+      'overhead_ms_per_step': 1e3 * (med['per_step'] - med['whole']),
+      'overhead_pct': 100 * (med['per_step'] / med['whole'] - 1),
+      'same_bits': same, 'per_step': times['per_step'],
+      'whole': times['whole']}))
 
-# The callback's own cost: a scan of near-empty steps, with and without it.
-def f(x, report):
-  def body(c, i):
-    if report:
-      progress.report_step(i)
-    return c + 1.0, None
-  return jax.lax.scan(body, x, jnp.arange(20000))[0]
-for report in (False, True):
-  g = jax.jit(lambda x: f(x, report)).lower(jnp.zeros(())).compile()
-  g(jnp.zeros(())).block_until_ready()
-  best = min((lambda t: (g(jnp.zeros(())).block_until_ready(), time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(3))
-  print('scan 20000 steps, callback', report, 'us/step', round(best / 20000 * 1e6, 2))
+
+if __name__ == '__main__':
+  main()

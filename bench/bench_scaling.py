@@ -45,8 +45,8 @@ def child(args: argparse.Namespace) -> None:
   from mentor_jax import data as data_lib
   from mentor_jax import datasets
   from mentor_jax import distributed
+  from mentor_jax import epoch as epoch_lib
   from mentor_jax import mesh as mesh_lib
-  from mentor_jax import train
 
   n = args.child
   if n > len(jax.devices()):
@@ -61,17 +61,17 @@ def child(args: argparse.Namespace) -> None:
   family, hp, data, graphdef, rest, state = epoch_lib.setup(config, dataset)
   # A Runner over n devices; with n = 1 it is inactive (the plain trainer).
   runner = distributed.Runner(mesh_lib.make_mesh(n), args.shard_tables)
-  state, rest, data = runner.place(state, rest, data)
-  run_epoch = runner.wrap_epoch(epoch_lib.train_epoch)
+  state, rest, data = runner.place(state, rest, data, family.table_params)
   n_steps = data_lib.steps_per_epoch(dataset.n_train, hp.batch_size)
+  t0 = time.perf_counter()
+  run_epoch = runner.compile_epoch(state, rest, data, graphdef=graphdef,
+                                   family=family, hp=hp)
 
   def epoch(state):
-    state, parts, _ = run_epoch(state, rest, data, graphdef=graphdef,
-                                family=family, hp=hp)
+    state, parts, _ = run_epoch(state, rest, data, n_steps=n_steps)
     jax.block_until_ready(state)
     return state, parts
 
-  t0 = time.perf_counter()
   state, parts = epoch(state)  # Compile + warm-up.
   first_loss = float(sum(np.asarray(v)[0] for v in parts.values()))
   compile_s = time.perf_counter() - t0

@@ -6,10 +6,10 @@
 
 Each workload runs in a fresh subprocess (its peak RSS is its own):
 
-* `alone`: one run through the ordinary trainer's program,
-  `epoch_lib.train_epoch`; K sequential runs take K times its epoch and peak at
-  its RSS (one run at a time);
-* `stack K`: the stack of K seeds, `stack.stacked_epoch`, one program.
+* `alone`: one run through the trainer's compiled epoch
+  (`epoch.compile_epoch`); K sequential runs take K times its epoch and peak
+  at its RSS (one run at a time);
+* `stack K`: the stack of K seeds, `stack.StackedRuns`, one program.
 
 Timed: `--warmup` untimed epochs after the AOT compile, then
 `--epochs-timed` epochs, each until its outputs are ready; the median is
@@ -25,7 +25,6 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -40,9 +39,8 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   import numpy as np
   from mentor_jax import data as data_lib
   from mentor_jax import datasets
-  from mentor_jax import registry
+  from mentor_jax import epoch as epoch_lib
   from mentor_jax import stack
-  from mentor_jax import train
 
   overrides = dict(spec.get('overrides') or {})
   if spec.get('data_npz'):
@@ -57,21 +55,13 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   full_steps = data_lib.steps_per_epoch(dataset.n_train,
                                         config.train_batch_size)
   if spec['mode'] == 'stack':
-    s = stack.build(config, dataset,
-                    stack.runs_from_config(config, registry.get(config.model)))
-    data, state, hp = s.data, s.state, s.hp
-    statics = dict(graphdef=s.graphdef, family=s.family, hp=hp,
-                   treedef=s.rest.treedef, progress=False,
-                   parallel=stack.resolve_parallel(spec['parallel']))
-    active = jax.numpy.ones((k,), bool)
-    args = lambda state, data: (state, s.rest.shared, s.rest.stacked, data,
-                                s.swept, active)
-    program = stack.stacked_epoch
+    config.stack_parallel = spec['parallel']
+    runs = stack.StackedRuns(config, dataset)
+    data, state, hp = runs.data, runs.state, runs.hp
+    parallel = runs.statics['parallel']
   else:
     family, hp, data, graphdef, rest, state = epoch_lib.setup(config, dataset)
-    statics = dict(graphdef=graphdef, family=family, hp=hp, progress=False)
-    args = lambda state, data: (state, rest, data)
-    program = epoch_lib.train_epoch
+    parallel = None
   steps = spec.get('steps')
   if steps and steps * hp.batch_size < dataset.n_train:
     rows = np.sort(np.random.default_rng(0).choice(
@@ -80,16 +70,22 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
                          train_item=data.train_item[rows])
   prog_steps = data_lib.steps_per_epoch(int(data.train_user.shape[0]),
                                         hp.batch_size)
-  t0 = time.perf_counter()
-  compiled = program.lower(*args(state, data), **statics).compile()
-  compile_s = time.perf_counter() - t0
+  if spec['mode'] == 'stack':
+    runs.data, runs.n_steps = data, prog_steps
+    compiled = runs.compile(state)
+    one_run = lambda state: runs.run_epoch(state, [True] * k)
+  else:
+    compiled = epoch_lib.compile_epoch(state, rest, data, graphdef=graphdef,
+                                       family=family, hp=hp)
+    one_run = lambda state: compiled(state, rest, data, n_steps=prog_steps)
+  compile_s = compiled.compile_s
   epoch_lib.release_freed_host_memory()
   # pylint: disable-next=protected-access
-  xla = bench_train._memory_analysis(compiled)
+  xla = bench_train._memory_analysis(*compiled.programs)
 
   def one_epoch():
     nonlocal state
-    state, parts, scores = compiled(*args(state, data))
+    state, parts, scores = one_run(state)
     return state, parts, scores
 
   for _ in range(spec['warmup']):
@@ -101,7 +97,7 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   program_s = common.summarize(times)
   step = program_s['median'] / prog_steps
   return {'mode': spec['mode'], 'k': k, 'config': spec['config'],
-          'parallel': statics.get('parallel'),
+          'parallel': parallel,
           'dataset': str(dataset.path), 'n_users': dataset.n_users,
           'n_items': dataset.n_items, 'full_epoch_steps': full_steps,
           'program_steps': prog_steps, 'compile_s': compile_s,

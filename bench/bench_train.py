@@ -1,7 +1,8 @@
 """Train-epoch time, step time, full-evaluation time and peak RSS of MENTOR.
 
-Uses the real code paths: `epoch_lib.train_epoch` (one compiled program per
-epoch, `lax.scan` over the steps) and `train.Evaluator` (valid + test, full
+Uses the real code paths: the trainer's compiled epoch
+(`epoch.compile_epoch`: its begin and steps programs, run over the epoch's
+segments as `train` runs them) and `metrics.Evaluator` (valid + test, full
 ranking). Each variant runs in a fresh subprocess, so its peak RSS is its own.
 
   python bench/bench_train.py                       # Baby shape, full + light
@@ -10,7 +11,7 @@ ranking). Each variant runs in a fresh subprocess, so its peak RSS is its own.
 
 What is timed, per variant:
 
-* compile: `train_epoch.lower(...).compile()` (AOT), reported on its own;
+* compile: both programs' `lower(...).compile()` (AOT), reported on its own;
 * epoch: `--warmup` untimed epochs, then `--epochs-timed` timed epochs of the
   compiled program, each until `block_until_ready` of its outputs;
 * step: epoch time / steps in the program;
@@ -83,9 +84,11 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from mentor_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from mentor_jax import datasets  # pylint: disable=g-import-not-at-top
-  from mentor_jax import train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from mentor_jax import data as data_lib
+  from mentor_jax import datasets
+  from mentor_jax import epoch as epoch_lib
+  from mentor_jax import metrics as metrics_lib
 
   overrides = dict(spec.get('overrides') or {})
   if spec.get('data_npz'):
@@ -119,19 +122,18 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
                                         hp.batch_size)
 
   kwargs = dict(graphdef=graphdef, family=family, hp=hp)
-  t0 = time.perf_counter()
-  compiled = epoch_lib.train_epoch.lower(state, rest, data, **kwargs).compile()
-  compile_s = time.perf_counter() - t0
+  compiled = epoch_lib.compile_epoch(state, rest, data, **kwargs)
+  compile_s = compiled.compile_s
   hwm['compile'] = common.vm_hwm_gib()
   # As the trainer does: the compiler's freed heap goes back to the OS
   # before the program's buffers are allocated (--no-trim to measure it).
   if not spec.get('no_trim'):
     epoch_lib.release_freed_host_memory()
-  xla_memory = _memory_analysis(compiled)
+  xla_memory = _memory_analysis(*compiled.programs)
 
   def one_epoch():
     nonlocal state
-    state, parts, scores = compiled(state, rest, data)
+    state, parts, scores = compiled(state, rest, data, n_steps=prog_steps)
     return state, parts, scores
 
   first_s, (state, parts, scores) = common.time_call(one_epoch)
@@ -187,18 +189,23 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
   return result
 
 
-def _memory_analysis(compiled) -> dict[str, float] | None:
-  """XLA's own buffer sizes for the compiled epoch (GiB), where available.
+def _memory_analysis(*compiled) -> dict[str, float] | None:
+  """XLA's own buffer sizes (GiB) of the compiled program with the most
+  scratch (an epoch's steps program), where available.
 
   temp is the scratch the program needs at its peak on top of its arguments
   and outputs: on CPU it is most of the training-time RSS growth.
   """
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # pylint: disable=broad-except
+  found = []
+  for program in compiled:
+    try:
+      found.append(program.memory_analysis())
+    except Exception:  # pylint: disable=broad-except
+      pass
+  found = [m for m in found if m is not None]
+  if not found:
     return None
-  if m is None:
-    return None
+  m = max(found, key=lambda m: getattr(m, 'temp_size_in_bytes', 0))
   fields = ('temp_size_in_bytes', 'argument_size_in_bytes',
             'output_size_in_bytes', 'alias_size_in_bytes',
             'generated_code_size_in_bytes')
@@ -281,7 +288,7 @@ def main() -> None:
   parser.add_argument('--set', action='append', default=[],
                       metavar='KEY=VALUE', help='config override')
   parser.add_argument('--no-trim', action='store_true',
-                      help='skip epoch_lib.release_freed_host_memory() after '
+                      help='skip epoch.release_freed_host_memory() after '
                       'the compile (to measure what it saves)')
   parser.add_argument('--timeout', type=float, help='seconds per workload')
   parser.add_argument('--out', help='JSON output (default: '

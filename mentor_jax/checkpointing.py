@@ -26,12 +26,9 @@ temporary directories are removed when training reopens the directory.
 from __future__ import annotations
 
 import errno
-import json
 import pathlib
 import resource
 import shutil
-import signal
-import threading
 from typing import Any
 
 from absl import logging
@@ -59,31 +56,42 @@ def _leaf_name(path) -> str:
   return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
-def signature(model_name: str, dataset: Any, params: Any) -> dict[str, Any]:
+def _tree_signature(tree: Any) -> dict[str, str]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_leaf_name(p): f'{jnp.dtype(x.dtype).name}{list(x.shape)}'
+          for p, x in leaves}
+
+
+def signature(model_name: str, dataset: Any, params: Any,
+              opt_state: Any = None) -> dict[str, Any]:
   """What must match for a checkpoint to fit a model (JSON-able).
 
   Args:
     model_name: `config.model`.
     dataset: a `data.Dataset`.
     params: the model's parameter pytree (arrays or ShapeDtypeStructs).
+    opt_state: the optimizer's state, for a checkpoint that resumes
+      training (the family's optimizer owns its structure).
 
   Returns:
     {'model', 'data_sha256', 'n_users', 'n_items', 'dim_v', 'dim_t',
-     'params': {leaf path: 'dtype[shape]'}}; 'data_sha256' is the
-    dataset's content digest (`data.content_digest`), so that a dataset of
-    the same shape but other content is not mixed into a run.
+     'params': {leaf path: 'dtype[shape]'}} and 'opt_state' likewise if
+    given; 'data_sha256' is the dataset's content digest
+    (`data.content_digest`), so that a dataset of the same shape but other
+    content is not mixed into a run.
   """
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  return {
+  out = {
       'model': model_name,
       'data_sha256': dataset.digest,
       'n_users': dataset.n_users,
       'n_items': dataset.n_items,
       'dim_v': dataset.dim_v,
       'dim_t': dataset.dim_t,
-      'params': {_leaf_name(p): f'{jnp.dtype(x.dtype).name}{list(x.shape)}'
-                 for p, x in leaves},
+      'params': _tree_signature(params),
   }
+  if opt_state is not None:
+    out['opt_state'] = _tree_signature(opt_state)
+  return out
 
 
 def check_signature(saved: dict[str, Any], current: dict[str, Any],
@@ -102,7 +110,8 @@ def check_signature(saved: dict[str, Any], current: dict[str, Any],
   other_data = saved.get(data_key) != current.get(data_key)
   diffs = [f'{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}'
            for k in sorted(set(saved) | set(current))
-           if k not in ('params', data_key) and saved.get(k) != current.get(k)]
+           if k not in ('params', 'opt_state', data_key)
+           and saved.get(k) != current.get(k)]
   ps, pc = saved.get('params', {}), current.get('params', {})
   # Parameter differences follow from the scalar ones; list them only when
   # they are the whole story (or a few of them otherwise).
@@ -114,6 +123,15 @@ def check_signature(saved: dict[str, Any], current: dict[str, Any],
     if len(param_diffs) > 5:
       shown.append(f'... and {len(param_diffs) - 5} more parameters')
     diffs += shown
+  # The optimizer's state (checkpoints written before it was recorded have
+  # none to compare): its structure changes with the optimizer's settings,
+  # e.g. a learning-rate schedule switched on.
+  so, co = saved.get('opt_state'), current.get('opt_state')
+  if so is not None and co is not None and so != co and not param_diffs:
+    diffs.append(
+        f'the optimizer state: {len(so)} arrays in the checkpoint, {len(co)} '
+        'now (the optimizer or its settings changed, e.g. '
+        'learning_rate_scheduler)')
   if other_data and not diffs and allow_other_data:
     logging.warning('the checkpoint in %s was trained on other data (%s: '
                     'checkpoint %r, now %r); continuing on the new data as '
@@ -416,57 +434,3 @@ def restore_items(manager: ocp.CheckpointManager, step: int,
   args = {name: ocp.args.StandardRestore(abstract_like(like))
           for name, like in items.items()}
   return dict(manager.restore(step, args=ocp.args.Composite(**args)))
-
-
-class StopSignals:
-  """SIGINT and SIGTERM set a flag that the training loop checks per epoch.
-
-  A compiled epoch cannot be interrupted safely, so the first signal only
-  asks the loop to save and stop after the current epoch; a second Ctrl-C
-  raises KeyboardInterrupt as usual (in-flight saves are still awaited).
-  Handlers are installed only in the main thread (Python allows no other)
-  and the previous ones are restored on exit.
-  """
-
-  SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-  def __init__(self):
-    self.signum: int | None = None
-    self._previous = {}
-
-  @property
-  def name(self) -> str | None:
-    return None if self.signum is None else signal.Signals(self.signum).name
-
-  def _handle(self, signum, frame) -> None:
-    del frame
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signum = signum
-    logging.warning('%s received: stopping after the current epoch (saving a '
-                    'checkpoint first); press Ctrl-C again to abort now.',
-                    signal.Signals(signum).name)
-
-  def __enter__(self) -> 'StopSignals':
-    if threading.current_thread() is threading.main_thread():
-      for s in self.SIGNALS:
-        self._previous[s] = signal.signal(s, self._handle)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-    self._previous.clear()
-
-
-def config_to_json(config: Any) -> dict[str, Any]:
-  return json.loads(config.to_json_best_effort())
-
-
-def config_changes(saved: dict[str, Any], config: Any) -> str:
-  """'key: old -> new, ...' for the top-level settings that differ."""
-  now = config_to_json(config)
-  return ', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}'
-                   for k in sorted(set(saved) | set(now))
-                   if saved.get(k) != now.get(k))
-

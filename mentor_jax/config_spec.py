@@ -11,6 +11,7 @@ key, the value found and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -250,3 +251,15 @@ def _validate_relations(config: Mapping[str, Any]) -> None:
   if n_proc > 1 and process_id >= n_proc:
     raise ConfigError(f'config.process_id={process_id!r}: allowed values are '
                       f'-1 (from the environment) or 0..{n_proc - 1}')
+
+
+def config_to_json(config: Any) -> dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def config_changes(saved: dict[str, Any], config: Any) -> str:
+  """'key: old -> new, ...' for the top-level settings that differ."""
+  now = config_to_json(config)
+  return ', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}'
+                   for k in sorted(set(saved) | set(now))
+                   if saved.get(k) != now.get(k))

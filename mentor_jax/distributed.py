@@ -170,11 +170,7 @@ class Runner:
     """
     statics = dict(graphdef=graphdef, family=family, hp=hp)
     if not self.active:
-      return epoch_lib.compile_programs(
-          lambda: epoch_lib.begin_program.lower(state, rest, data,
-                                                **statics),
-          lambda epoch, a, b: epoch_lib.steps_program.lower(
-              epoch, rest, data, a, b, **statics))
+      return epoch_lib.compile_epoch(state, rest, data, **statics)
     state_sh, rest_sh, data_sh = self._shardings
     rep = self.replicated
     begin_out = epoch_lib.Epoch(state_sh, None, None, rep, rep, rep, rep)

@@ -250,6 +250,18 @@ def compile_programs(lower_begin: Callable[[], Any],
                        (begin, steps), cache)
 
 
+def compile_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData,
+                  *, graphdef: nnx.GraphDef, family: family_lib.ModelFamily,
+                  hp: family_lib.TrainHparams) -> CompiledEpoch:
+  """An epoch's programs compiled for these arguments, on one device
+  (`distributed.Runner.compile_epoch` does it under a mesh)."""
+  statics = dict(graphdef=graphdef, family=family, hp=hp)
+  return compile_programs(
+      lambda: begin_program.lower(state, rest, data, **statics),
+      lambda epoch, a, b: steps_program.lower(epoch, rest, data, a, b,
+                                              **statics))
+
+
 @functools.partial(jax.jit, static_argnames=('graphdef', 'family', 'hp'))
 def clean_scores(params: Any, rest: Any, data: data_lib.DeviceData, *,
                  graphdef: nnx.GraphDef, family: family_lib.ModelFamily,

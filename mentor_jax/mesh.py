@@ -56,7 +56,7 @@ def mesh_size() -> int:
 def constrain_batch(batches: Any) -> Any:
   """Shards an epoch's [n_steps, batch] arrays along the batch axis.
 
-  Called inside `train.train_epoch`; without a context mesh (single device,
+  Called inside `epoch.begin_epoch`; without a context mesh (single device,
   the default) it returns its input, so the trainer's code is unchanged.
   """
   n = mesh_size()

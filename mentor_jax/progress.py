@@ -1,13 +1,10 @@
-"""The training epoch's progress on the console, fed from the compiled epoch.
+"""The training epoch's progress on the console, fed between its segments.
 
-An epoch is one compiled program (`train.train_epoch`), so the host learns
-nothing until it returns. `report_step` (traced into the epoch's `lax.scan`)
-puts a `jax.debug.callback` after every optimizer step; the callback only
-carries the step's index, which is an input of the scan, not a value the
-step computes, so the arithmetic of the step is untouched and results are
-bit-identical with and without it (tests/test_progress.py). The runtime calls
-`step_done` from its own thread while the device works; it forwards the
-count to the `EpochProgress` that is listening, if any.
+An epoch runs as a few segments of steps, dispatched at once (`epoch.py`,
+`run_epoch`); the host waits for each segment's end in turn and calls
+`EpochProgress.update` with the steps done. No callback sits inside the
+compiled programs, so the progress bar costs them nothing and keeps them
+cacheable (`compilation_cache.py`).
 
 `EpochProgress` draws one line, redrawn in place at most 4 times a second,
 when its stream is a terminal; otherwise it writes a plain log line at most
@@ -20,35 +17,13 @@ from __future__ import annotations
 import shutil
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-import jax
-
 # Redraws of the terminal line, and plain log lines, at most this often.
 TTY_INTERVAL_S = 0.25
 LOG_INTERVAL_S = 30.0
-
-_lock = threading.Lock()
-_listener: 'EpochProgress | None' = None
-
-
-def step_done(done: Any) -> None:
-  """Host side of `report_step`: `done` steps of the epoch have finished."""
-  listener = _listener
-  if listener is not None:
-    listener.update(int(done))
-
-
-def report_step(index: jax.Array) -> None:
-  """Traced inside the epoch's scan: tells the host step `index` is done.
-
-  Unordered (no token threads through the steps), so XLA keeps its schedule;
-  under a mesh the callback runs once, on the first device.
-  """
-  jax.debug.callback(step_done, index + 1)
 
 
 def format_duration(seconds: float) -> str:
@@ -66,9 +41,8 @@ def format_duration(seconds: float) -> str:
 class EpochProgress:
   """Progress of a training run's epochs, one epoch at a time.
 
-  Usage: `start(epoch)` before launching the epoch's program, `finish(...)`
-  after its outputs are on the host. `update` comes from the runtime's
-  thread through `step_done` in between.
+  Usage: `start(epoch)` before launching the epoch's programs, `update(n)`
+  as its segments finish, `finish(...)` after its outputs are on the host.
 
   Args:
     n_steps: optimizer steps per epoch.
@@ -100,6 +74,7 @@ class EpochProgress:
     self._done = 0
     self._last_draw = float('-inf')
     self._drawn = False
+    self._running = False  # between start and finish
     self._epoch_times: list[float] = []  # train + eval, seconds
 
   # The epoch's life.
@@ -108,60 +83,51 @@ class EpochProgress:
     return self
 
   def __exit__(self, *exc: Any) -> None:
-    """Stops listening; a bar left half-drawn (an error) is erased."""
-    global _listener
-    with _lock:
-      if _listener is self:
-        _listener = None
-        if self._tty and self._drawn:
-          self._stream.write('\r\x1b[K')
-          self._stream.flush()
+    """A bar left half-drawn (an error) is erased."""
+    if self._running and self._tty and self._drawn:
+      self._stream.write('\r\x1b[K')
+      self._stream.flush()
+    self._running = False
 
   def start(self, epoch: int) -> None:
-    """Listens to `step_done` for `epoch`, whose program starts now."""
-    global _listener
+    """`epoch` starts now."""
     if not self.enabled:
       return
-    with _lock:
-      self._epoch, self._done = epoch, 0
-      self._t0 = self._last_draw = self._clock()
-      self._drawn = False
-      _listener = self
+    self._epoch, self._done = epoch, 0
+    self._t0 = self._last_draw = self._clock()
+    self._drawn = False
+    self._running = True
 
   def update(self, done: int) -> None:
-    """`done` steps of the current epoch have finished (any thread)."""
-    with _lock:
-      if _listener is not self:
-        return
-      self._done = max(self._done, min(done, self.n_steps))
-      now = self._clock()
-      interval = TTY_INTERVAL_S if self._tty else LOG_INTERVAL_S
-      if now - self._last_draw < interval:
-        return
-      self._last_draw = now
-      self._emit(now)
+    """`done` steps of the current epoch have finished."""
+    if not self._running:
+      return
+    self._done = max(self._done, min(done, self.n_steps))
+    now = self._clock()
+    interval = TTY_INTERVAL_S if self._tty else LOG_INTERVAL_S
+    if now - self._last_draw < interval:
+      return
+    self._last_draw = now
+    self._emit(now)
 
   def finish(self, epoch_seconds: float | None = None) -> None:
-    """Stops listening; on a terminal shows the full bar, then clears it.
+    """Ends the epoch; on a terminal shows the full bar, then clears it.
 
     Args:
       epoch_seconds: the epoch's training plus evaluation time, for the run's
         ETA; the first epoch (it may include compilation) is not used once a
         second one is known.
     """
-    global _listener
     if not self.enabled:
       return
-    with _lock:
-      if _listener is self:
-        _listener = None
-      self._done = self.n_steps
-      if self._tty:
-        self._emit(self._clock())  # The completed bar, then room for the
-        self._stream.write('\r\x1b[K')  # epoch's summary line.
-        self._stream.flush()
-      if epoch_seconds is not None:
-        self._epoch_times.append(epoch_seconds)
+    self._running = False
+    self._done = self.n_steps
+    if self._tty:
+      self._emit(self._clock())  # The completed bar, then room for the
+      self._stream.write('\r\x1b[K')  # epoch's summary line.
+      self._stream.flush()
+    if epoch_seconds is not None:
+      self._epoch_times.append(epoch_seconds)
 
   # Numbers and drawing.
 

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from mentor_jax import checkpointing
+from mentor_jax import config_spec
 from mentor_jax import datasets
 from mentor_jax import errors
 from mentor_jax import metrics as metrics_lib
@@ -156,7 +157,7 @@ class RunBook:
         'format': checkpointing.FORMAT_VERSION, 'epoch': epoch,
         **self.state_meta(state),
         'eval_embeddings': config.eval_embeddings,
-        'config': checkpointing.config_to_json(config),
+        'config': config_spec.config_to_json(config),
         'data_npz': str(
             datasets.resolve_data_path(config.data_npz).resolve()),
         'signature': self.signature,

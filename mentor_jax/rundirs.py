@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import statistics
+from collections.abc import Sequence
 from typing import Any
 
 from mentor_jax import errors
@@ -117,3 +119,42 @@ def run_dir(workdir: str | pathlib.Path, run: int | None) -> pathlib.Path:
   if not 0 <= run < n:
     raise errors.ConfigError(f'--run {run}: {workdir} holds runs 0..{n - 1}')
   return dirs[run]
+
+
+def best_from_log(log: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+  """The trainer's rule: first epoch with the best (rounded) valid metric."""
+  best = max(log, key=lambda r: (round(r['valid'][metric], 4), -r['epoch']))
+  return {'best_epoch': best['epoch'], 'valid': best['valid'],
+          'test': best['test'], 'epochs_run': len(log)}
+
+
+def load_run(run_dir: pathlib.Path) -> dict[str, Any] | None:
+  """One row's data: config, best-valid result, timing, finished or not.
+
+  Returns None for a run that has not finished an epoch yet.
+  """
+  config = json.loads((run_dir / 'config.json').read_text())
+  log = read_metrics(run_dir)
+  result_path = run_dir / 'result.json'
+  if result_path.exists():
+    result, finished = json.loads(result_path.read_text()), True
+  elif log:
+    result, finished = best_from_log(log, config['valid_metric']), False
+  else:
+    return None
+  epochs = [r['train_time_s'] for r in log[1:]] or [
+      r['train_time_s'] for r in log]  # Epoch 0 includes the compile.
+  return {
+      'dir': str(run_dir), 'config': config, 'result': result,
+      'finished': finished,
+      'stopped_early': finished and result['epochs_run'] < config['epochs'],
+      's_per_epoch': statistics.median(epochs) if epochs else float('nan'),
+  }
+
+
+def overrides_of(configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per config, the keys (but the seed) whose values differ among them."""
+  keys = set().union(*configs) - {'seed'}
+  differ = sorted(k for k in keys if len(
+      {json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1)
+  return [{k: c.get(k) for k in differ} for c in configs]

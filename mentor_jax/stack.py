@@ -315,12 +315,13 @@ class StackedRuns:
   def signature(self, state: epoch_lib.TrainState) -> dict[str, Any]:
     """The stacked state's (the resume checkpoint's) signature."""
     return checkpointing.signature(self.config.model, self.dataset,
-                                   state.params)
+                                   state.params, state.opt_state)
 
   def run_signature(self, state: epoch_lib.TrainState) -> dict[str, Any]:
     """One run's (its best checkpoint's) signature."""
     return checkpointing.signature(self.config.model, self.dataset,
-                                   take(state.params, 0))
+                                   take(state.params, 0),
+                                   take(state.opt_state, 0))
 
   def _args(self, active) -> tuple[Any, ...]:
     return (self.rest.shared, self.rest.stacked, self.data, self.swept,
@@ -389,7 +390,7 @@ class StackedRuns:
             for k, (spec, book) in enumerate(zip(self.specs, books))]
     return {'format': checkpointing.FORMAT_VERSION, 'epoch': epoch,
             'stack': runs, 'eval_embeddings': config.eval_embeddings,
-            'config': checkpointing.config_to_json(config),
+            'config': config_spec.config_to_json(config),
             'data_npz': str(datasets.resolve_data_path(
                 config.data_npz).resolve()),
             'signature': signature}

@@ -42,6 +42,7 @@ from mentor_jax import progress as progress_lib
 from mentor_jax import registry
 from mentor_jax import rundirs
 from mentor_jax import runbook
+from mentor_jax import signals as signals_lib
 from mentor_jax import stack as stack_lib
 from mentor_jax import stats
 from mentor_jax import workdir as workdir_lib
@@ -73,7 +74,7 @@ class SingleRun:
 
   def signature(self, state: epoch_lib.TrainState) -> dict[str, Any]:
     return checkpointing.signature(self.config.model, self.dataset,
-                                   state.params)
+                                   state.params, state.opt_state)
 
   def compile(self, state: epoch_lib.TrainState) -> epoch_lib.CompiledEpoch:
     self._compiled = self.runner.compile_epoch(state, self.rest, self.data,
@@ -218,7 +219,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       state = runs.resume(restored, state, books, latest)
       meta = restored[2]
       last_epoch = meta['epoch']
-      changed = checkpointing.config_changes(meta['config'], config)
+      changed = config_spec.config_changes(meta['config'], config)
       logging.info('resuming %s from %s after epoch %d%s', runs.label,
                    latest, last_epoch, f'; changed settings: {changed}'
                    if changed else '')
@@ -256,7 +257,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
         runs.n_steps, final_epoch, enabled=chief,
         log=lambda line: logging.info('%s', line)))
     # SIGINT/SIGTERM stop the loop between epochs.
-    signals = closing.enter_context(checkpointing.StopSignals())
+    signals = closing.enter_context(signals_lib.StopSignals())
     last_epoch = _loop(config, runs, books, state, evaluator, ckpt, bar,
                        signals, signature, last_epoch, final_epoch)
   return _finish(config, workdir, runs, books, signals, last_epoch, ckpt)

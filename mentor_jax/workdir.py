@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import socket
+import subprocess
 import time
 from typing import Any
 
@@ -182,3 +183,54 @@ def truncate_jsonl(path: str | pathlib.Path, keep) -> None:
     return
   kept = [json.dumps(r) + '\n' for r in read_jsonl(path) if keep(r)]
   write_text_atomic(path, ''.join(kept))
+
+
+# The first line of every page the report writes (report, compare): it may
+# replace those.
+MARKER = '<!-- written by python -m mentor_jax.report -->'
+# The PNG's Software text chunk, for the same purpose.
+PNG_SOFTWARE = 'mentor_jax.report'
+
+
+def git_tracked(path: pathlib.Path) -> bool:
+  """Whether git tracks `path` (False outside a repository or without git)."""
+  path = path.absolute()
+  folder = path.parent
+  while not folder.is_dir():  # git -C needs a folder that exists.
+    folder = folder.parent
+  try:
+    done = subprocess.run(
+        ['git', '-C', str(folder), 'ls-files', '--error-unmatch', '--',
+         str(path)], capture_output=True, check=False, timeout=30)
+  except (OSError, subprocess.TimeoutExpired):
+    return False
+  return done.returncode == 0
+
+
+def written_by_report(path: pathlib.Path) -> bool:
+  """Whether `path` is a page or figure that the report wrote."""
+  try:
+    if path.suffix.lower() == '.png':
+      from PIL import Image  # pylint: disable=g-import-not-at-top
+      with Image.open(path) as image:
+        return image.info.get('Software') == PNG_SOFTWARE
+    with path.open(errors='replace') as f:
+      return f.readline().strip() == MARKER
+  except Exception:  # pylint: disable=broad-except
+    return False  # Unreadable or not an image: not ours.
+
+
+def check_page_output(path: pathlib.Path, *, overwrite: bool) -> None:
+  """`check_output` for a page or figure of the report: a file git tracks
+  is refused always, another existing one unless the report wrote it.
+
+  Raises:
+    OutputExistsError: with what to do instead.
+  """
+  if git_tracked(path):
+    raise OutputExistsError(
+        f'{path} is tracked by git; the report never writes over it. Write '
+        'to another path (--out/--png) and copy it over if you mean to.')
+  if path.exists() and not path.is_dir() and written_by_report(path):
+    return
+  check_output(path, overwrite=overwrite)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -9,8 +10,25 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
+from mentor_jax import compilation_cache
+
 # Real datasets live beside the repo: <repo>/../shared/data (read-only).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+@pytest.fixture(scope='session', autouse=True)
+def session_compile_cache(tmp_path_factory) -> Path:
+  """One persistent compilation cache for the session and its subprocesses
+  (they inherit the environment): a program compiled once, by any test, is
+  loaded afterwards, and no test writes into the user's own cache."""
+  path = tmp_path_factory.mktemp('xla_cache')
+  before = os.environ.get(compilation_cache.ENV)
+  os.environ[compilation_cache.ENV] = str(path)
+  yield path
+  if before is None:
+    os.environ.pop(compilation_cache.ENV, None)
+  else:
+    os.environ[compilation_cache.ENV] = before
 
 
 @pytest.fixture(scope='session')

@@ -15,7 +15,6 @@ from flax import nnx
 
 import conftest
 from mentor_jax import data as data_lib
-from mentor_jax import report
 from mentor_jax import train
 from mentor_jax.models import lattice
 from mentor_jax.models import mmgcn

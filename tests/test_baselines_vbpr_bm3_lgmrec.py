@@ -11,7 +11,6 @@ from flax import nnx
 import conftest
 from mentor_jax import data as data_lib
 from mentor_jax import registry
-from mentor_jax import report
 from mentor_jax import train
 from mentor_jax.models import bm3
 from mentor_jax.models import lgmrec

@@ -114,6 +114,75 @@ def test_training_in_a_terminal_from_another_folder(data_root, tmp_path):
   assert config['data_npz'] == 'data/tiny.npz'
 
 
+def test_a_stack_in_a_terminal_shows_what_a_single_run_shows(data_root,
+                                                             tmp_path):
+  # Two seeds as one program: the start-up block (with compile time and
+  # XLA's memory estimate), the bar, the epoch lines of both runs, and
+  # TensorBoard events in each run's folder.
+  env = dict(os.environ, MENTOR_DATA_ROOT=str(data_root), COLUMNS='120')
+  env.pop('JAX_PLATFORMS', None)
+  argv = [sys.executable, '-m', 'mentor_jax.train',
+          '--config=configs/tiny.py:lightgcn', '--workdir',
+          str(tmp_path / 'run'), '--config.epochs=2',
+          '--config.train_batch_size=16', "--config.seeds=(0,1)"]
+  rc, raw = _run_in_pty(argv, REPO, env)
+  assert rc == 0, raw
+  n_steps = 23
+  for epoch in (0, 1):
+    counts = re.findall(rf'\repoch {epoch}/1 \[[#-]+\] (\d+)/{n_steps} ',
+                        raw)
+    assert counts and int(counts[-1]) == n_steps, raw
+  text = '\n'.join(_screen(raw))
+  for expected in ('model     lightgcn x 2 runs', 'memory    estimated peak',
+                   'compiled  in', 'epoch 0/1  train', 'run 0 (seed 0): loss',
+                   'run 1 (seed 1): loss', 'epoch 1/1  train'):
+    assert expected in text, (expected, text)
+  from mentor_jax import events  # pylint: disable=g-import-not-at-top
+  for k in (0, 1):
+    run = tmp_path / 'run' / 'runs' / str(k)
+    assert events.event_files(run), run
+    assert not events.event_files(tmp_path / 'run')  # Per run, not mixed.
+
+
+def test_a_model_override_is_refused_with_the_command_to_use():
+  tiny_path = str(REPO / 'configs' / 'tiny.py')
+  argv = ['mentor-train', '--config', 'configs/tiny.py', '--workdir', 'w',
+          '--config.model=lightgcn', '--config.epochs=5']
+  error = main_lib.model_override_error(tiny_path, {'model': 'lightgcn',
+                                                    'epochs': 5}, argv)
+  assert "built this config for model 'mentor'" in str(error)
+  assert str(error).endswith('mentor-train --config configs/tiny.py:lightgcn '
+                             '--workdir w --config.epochs=5')
+  # The model it was built for, or no model override: nothing to refuse.
+  assert main_lib.model_override_error(tiny_path, {'model': 'mentor'},
+                                       argv) is None
+  assert main_lib.model_override_error(tiny_path, {'epochs': 5}, argv) is None
+  # configs/baseline.py:MODEL,DATASET keeps its dataset.
+  error = main_lib.model_override_error(
+      str(REPO / 'configs' / 'baseline.py') + ':freedom,tiktok',
+      {'model': 'vbpr'},
+      ['x', '--config=configs/baseline.py:freedom,tiktok',
+       '--config.model', 'vbpr'])
+  assert str(error).endswith('x --config=configs/baseline.py:vbpr,tiktok')
+  # A config of MENTOR's only says so.
+  error = main_lib.model_override_error(
+      str(REPO / 'configs' / 'paper.py') + ':tiny', {'model': 'bm3'}, [])
+  assert "builds 'mentor' configs only" in str(error)
+
+
+def test_the_cli_refuses_a_model_override_in_one_line(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'mentor_jax.train', '--config',
+       'configs/tiny.py', '--workdir', str(tmp_path / 'w'),
+       '--config.model=mfbpr'], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert done.returncode == 2, done.stderr
+  errors_ = [l for l in done.stderr.splitlines() if 'error:' in l]
+  assert errors_ and 'configs/tiny.py:mfbpr' in done.stderr, done.stderr
+  assert 'Traceback' not in done.stderr
+  assert not (tmp_path / 'w').exists()
+
+
 def test_installed_entry_point_with_a_config_name(data_root, tmp_path):
   script = pathlib.Path(sys.executable).parent / 'mentor-train'
   if not script.exists():

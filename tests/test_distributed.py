@@ -25,7 +25,6 @@ from mentor_jax import distributed
 from mentor_jax import errors
 from mentor_jax import mesh as mesh_lib
 from mentor_jax.ops import infonce
-from mentor_jax import report
 from mentor_jax import train
 from mentor_jax import rundirs
 

@@ -22,7 +22,6 @@ from data_prep import synthetic
 from mentor_jax import checkpointing
 from mentor_jax import errors
 from mentor_jax import evaluate
-from mentor_jax import report
 from mentor_jax import train
 from mentor_jax import workdir as workdir_lib
 from mentor_jax import rundirs

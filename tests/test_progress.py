@@ -33,10 +33,10 @@ def test_terminal_bar_redraws_at_most_4_times_a_second_and_completes():
   with bar:
     bar.start(0)
     clock.now = 0.1
-    progress.step_done(1)  # The runtime's callback; too soon to redraw.
+    bar.update(1)  # A segment finished; too soon to redraw.
     assert out.getvalue() == ''
     clock.now = 0.4
-    progress.step_done(4)
+    bar.update(4)
     drawn = out.getvalue()
     # 4 steps in 0.4 s: 10 steps/s, 0.6 s left in this epoch, and two more
     # epochs of 1.0 s each (no finished epoch yet: this one's estimate).
@@ -45,7 +45,7 @@ def test_terminal_bar_redraws_at_most_4_times_a_second_and_completes():
     assert 'epoch ETA 1s' in drawn and 'run ETA <= 3s' in drawn
     assert '[############------------------]' in drawn  # 12 of 30 = 40 %
     clock.now = 0.5
-    progress.step_done(5)  # 0.1 s after the last redraw: skipped.
+    bar.update(5)  # 0.1 s after the last redraw: skipped.
     assert out.getvalue() == drawn
     clock.now = 1.0
     bar.finish(epoch_seconds=1.2)
@@ -53,7 +53,7 @@ def test_terminal_bar_redraws_at_most_4_times_a_second_and_completes():
   # The completed bar, then erased so that the epoch's summary line
   # replaces it.
   assert ' 10/10 ' in final and final.endswith('\r\x1b[K')
-  progress.step_done(7)  # After finish: nobody listens, nothing drawn.
+  bar.update(7)  # After finish: nothing drawn.
   assert out.getvalue() == drawn + final
 
 
@@ -96,7 +96,7 @@ def test_an_error_mid_epoch_erases_the_half_drawn_bar():
   except RuntimeError:
     pass
   assert out.getvalue().endswith('\r\x1b[K')
-  progress.step_done(4)  # No longer listening.
+  bar.update(4)  # No longer running.
   assert out.getvalue().endswith('\r\x1b[K')
 
 
@@ -105,7 +105,7 @@ def test_disabled_bar_writes_nothing():
   bar = progress.EpochProgress(5, 3, stream=out, tty=True, enabled=False)
   with bar:
     bar.start(0)
-    progress.step_done(5)
+    bar.update(5)
     bar.finish(1.0)
   assert out.getvalue() == ''
 

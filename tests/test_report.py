@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from mentor_jax import compare as compare_lib
 from mentor_jax import report
+from mentor_jax import stats
+from mentor_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,7 +41,7 @@ def test_one_run_writes_into_its_workdir(tmp_path, capsys):
   run = _run_dir(tmp_path / 'run')
   assert report.main([str(run)]) == 0
   page = (run / 'report.md').read_text()
-  assert page.startswith(report.MARKER)
+  assert page.startswith(workdir_lib.PAGE_MARKER)
   assert '| MENTOR | tiny |' in page and 'no result.json' in page
   assert (run / 'curves.png').exists()
   # Rerunning replaces what it wrote itself.
@@ -67,7 +70,7 @@ def test_a_file_it_did_not_write_is_kept_unless_overwrite(tmp_path, capsys):
   assert 'exists' in capsys.readouterr().err
   assert report.main([str(run), '--out', str(mine), '--no-png',
                       '--overwrite']) == 0
-  assert mine.read_text().startswith(report.MARKER)
+  assert mine.read_text().startswith(workdir_lib.PAGE_MARKER)
 
 
 @pytest.mark.skipif(shutil.which('git') is None, reason='git not installed')
@@ -76,7 +79,7 @@ def test_a_tracked_file_is_refused_even_with_overwrite(tmp_path, capsys):
   (repo / 'docs').mkdir(parents=True)
   tracked = repo / 'docs' / 'RESULTS.md'
   # Even a page the report wrote itself: git's copy is the user's.
-  tracked.write_text(report.MARKER + '\n73 lines of results\n')
+  tracked.write_text(workdir_lib.PAGE_MARKER + '\n73 lines of results\n')
   git = ['git', '-C', str(repo), '-c', 'user.name=t', '-c', 'user.email=t@t']
   subprocess.run(git + ['init', '-q'], check=True)
   subprocess.run(git + ['add', 'docs/RESULTS.md'], check=True)
@@ -88,9 +91,9 @@ def test_a_tracked_file_is_refused_even_with_overwrite(tmp_path, capsys):
     assert 'tracked by git' in capsys.readouterr().err
     assert tracked.read_text() == before
     assert not (repo / 'docs' / 'RESULTS_curves.png').exists()
-  assert report.git_tracked(tracked)
-  assert not report.git_tracked(repo / 'docs' / 'new.md')
-  assert not report.git_tracked(tmp_path / 'elsewhere' / 'x.md')
+  assert workdir_lib.git_tracked(tracked)
+  assert not workdir_lib.git_tracked(repo / 'docs' / 'new.md')
+  assert not workdir_lib.git_tracked(tmp_path / 'elsewhere' / 'x.md')
 
 
 def test_the_learning_curves_png_decodes_and_is_drawn(tmp_path):
@@ -109,7 +112,7 @@ def test_the_learning_curves_png_decodes_and_is_drawn(tmp_path):
   for rgb in ((0x1f, 0x77, 0xb4), (0xff, 0x7f, 0x0e)):
     close = np.all(np.abs(pixels - np.array(rgb) / 255) < 0.05, axis=-1)
     assert close.sum() > 500, (rgb, close.sum())
-  assert report._written_here(png)  # pylint: disable=protected-access
+  assert workdir_lib.written_by_report(png)
 
 
 def test_records_without_loss_parts_still_plot(tmp_path, capsys):
@@ -175,7 +178,7 @@ def _stack_dir(folder: pathlib.Path, seeds=(0, 1, 2), grid=({},),
       runs.append(dict(result, run=k, seed=seed, overrides=overrides))
   if finished:
     (folder / 'result.json').write_text(json.dumps({
-        'runs': runs, 'summary': report.stats.summary_of_runs(runs),
+        'runs': runs, 'summary': stats.summary_of_runs(runs),
         'epochs_run': 3}))
   return folder, runs
 
@@ -345,14 +348,14 @@ def test_compare_out_is_written_only_where_allowed(tmp_path, capsys):
   out = tmp_path / 'cmp.md'
   assert report.main(['--compare', str(a), str(b), '--out', str(out)]) == 0
   page = out.read_text()
-  assert page.startswith(report.MARKER) and '| recall@20 |' in page
+  assert page.startswith(workdir_lib.PAGE_MARKER) and '| recall@20 |' in page
   assert report.main(['--compare', str(b), str(a), '--out', str(out)]) == 0
   assert not list(a.glob('*.md')) and not list(b.glob('*.md'))
   capsys.readouterr()
 
 
 def test_p_cells_mark_p_below_005():
-  fmt = report._fmt_p  # pylint: disable=protected-access
+  fmt = compare_lib._fmt_p  # pylint: disable=protected-access
   assert [fmt(p) for p in (0.049, 0.05, 0.3, 1.0, 1e-7)] == [
       '0.0490*', '0.0500', '0.3000', '1.0000', '1.0e-07*']
   assert fmt(float('nan')) == 'n/a'

@@ -16,7 +16,6 @@ from mentor_jax import family as family_lib
 from mentor_jax import metrics
 from mentor_jax.models.mentor import objective
 from mentor_jax import registry
-from mentor_jax import report
 from mentor_jax import train
 from mentor_jax import epoch as epoch_lib
 from mentor_jax import runbook
