@@ -13,8 +13,10 @@ An epoch is two compiled programs, both pure functions of pytrees:
 
 A step's arithmetic is the same whatever the segments: the loop body reads
 batch i and the key fold_in(steps_key, i) and writes step i's loss parts,
-as a scan over the epoch would; tests/test_epoch.py checks that any split
-gives the same bits. stack.py maps both programs over K runs, and
+as a scan over the epoch would; tests/test_progress.py checks that one
+segment per step and one for the whole epoch give the same bits, and
+bench/bit_identity.py that whole runs equal those of the one-program epoch
+this replaced. stack.py maps both programs over K runs, and
 distributed.py compiles them with shardings over a mesh.
 """
 

@@ -214,7 +214,8 @@ def render(runs: Sequence[dict[str, Any]], notes: str = '',
       where = f'`{run["dir"]}`'
       settings = _settings(c)
     else:
-      cells = [compare_lib.mean_std(stack['summary']['test'].get(m)) for m in METRICS]
+      summary = stack['summary']['test']
+      cells = [compare_lib.mean_std(summary.get(m)) for m in METRICS]
       results = [r['result'] for r in stack['runs']]
       best = (f'{_span([r["best_epoch"] for r in results])} / '
               f'{_span([r["epochs_run"] for r in results])}')
@@ -224,7 +225,8 @@ def render(runs: Sequence[dict[str, Any]], notes: str = '',
     lines.append('| ' + ' | '.join([
         model_name(c['model']), dataset, settings,
         *cells,
-        compare_lib.fmt(paper[1] if paper else None), compare_lib.fmt(paper[3] if paper else None),
+        compare_lib.fmt(paper[1] if paper else None),
+        compare_lib.fmt(paper[3] if paper else None),
         best, stop, f'{run["s_per_epoch"]:.2f}', where]) + ' |')
   stacked = [r for r in runs if 'stack' in r]
   if stacked:

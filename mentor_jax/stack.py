@@ -270,7 +270,7 @@ def stacked_scores(params: Any, rest_shared: list[Any],
   return over_runs(one, (params, rest_stacked, swept), parallel)
 
 
-# --- the loop's view of a stack -------------------------------------------------
+# --- the loop's view of a stack ----------------------------------------------
 
 
 class StackedRuns:

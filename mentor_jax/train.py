@@ -277,12 +277,14 @@ def _loop(config, runs, books, state, evaluator, ckpt, bar, signals,
     bar.start(epoch)
     state, parts, scores = runs.run_epoch(state, active, bar.update)
     train_time = time.perf_counter() - t0
+    # Each run's optimizer steps so far (a scalar for one run).
+    steps = np.asarray(jax.device_get(state.step)).reshape(-1)
     lines = []
     for k, book in enumerate(books):
       if active[k]:
         book.epochs_run = epoch + 1
-        diverged = runbook.non_finite_error(
-            parts[k], epoch, int(runs.run_state(state, k).step) - runs.n_steps)
+        diverged = runbook.non_finite_error(parts[k], epoch,
+                                            int(steps[k]) - runs.n_steps)
         if diverged is not None and not stacked:
           raise diverged
         if diverged is not None:  # The others go on; this keeps its best.
@@ -298,20 +300,16 @@ def _loop(config, runs, books, state, evaluator, ckpt, bar, signals,
       t_run = time.perf_counter()
       result = evaluator(*scores[k])
       eval_time = time.perf_counter() - t_run
-      state_k = runs.run_state(state, k)
       improved, stop = book.update(epoch, result)
       if improved:
-        book.save_best(epoch, state_k, scores[k])
+        book.save_best(epoch, runs.run_state(state, k), scores[k])
       losses = {n: float(np.mean(v)) for n, v in parts[k].items()}
-      record = {'epoch': epoch, 'step': int(state_k.step), 'loss': losses,
-                'train_time_s': train_time, 'eval_time_s': eval_time,
-                'valid': result['valid'], 'test': result['test'],
-                'best_epoch': book.best['best_epoch']}
+      record = {'epoch': epoch, 'step': int(steps[k]), 'loss': losses,
+                'train_time_s': train_time}
       if stacked:  # The one program that trained every active run.
-        record = dict(record, stack_runs=len(books))
-        record = {key: record[key] for key in (
-            'epoch', 'step', 'loss', 'train_time_s', 'stack_runs',
-            'eval_time_s', 'valid', 'test', 'best_epoch')}
+        record['stack_runs'] = len(books)
+      record.update(eval_time_s=eval_time, valid=result['valid'],
+                    test=result['test'], best_epoch=book.best['best_epoch'])
       book.writer.write(record)
       line = {'losses': losses, 'improved': improved,
               'valid': console.format_metrics(result['valid'], ks),
@@ -324,7 +322,7 @@ def _loop(config, runs, books, state, evaluator, ckpt, bar, signals,
     bar.finish(train_time + eval_time)
     epoch_times.append(train_time)
     if lines and (epoch % config.log_every_epochs == 0
-                  or any(l.get('improved') for l in lines)
+                  or any(line.get('improved') for line in lines)
                   or any(b.stopped for a, b in zip(active, books) if a)):
       logging.info('%s', console.epoch_line(
           epoch=epoch, final_epoch=final_epoch, train_s=train_time,

@@ -187,7 +187,7 @@ def truncate_jsonl(path: str | pathlib.Path, keep) -> None:
 
 # The first line of every page the report writes (report, compare): it may
 # replace those.
-MARKER = '<!-- written by python -m mentor_jax.report -->'
+PAGE_MARKER = '<!-- written by python -m mentor_jax.report -->'
 # The PNG's Software text chunk, for the same purpose.
 PNG_SOFTWARE = 'mentor_jax.report'
 
@@ -215,7 +215,7 @@ def written_by_report(path: pathlib.Path) -> bool:
       with Image.open(path) as image:
         return image.info.get('Software') == PNG_SOFTWARE
     with path.open(errors='replace') as f:
-      return f.readline().strip() == MARKER
+      return f.readline().strip() == PAGE_MARKER
   except Exception:  # pylint: disable=broad-except
     return False  # Unreadable or not an image: not ours.
 

@@ -31,6 +31,25 @@ def session_compile_cache(tmp_path_factory) -> Path:
     os.environ[compilation_cache.ENV] = before
 
 
+@pytest.fixture(scope='module', autouse=True)
+def release_compiled_programs():
+  """Frees each test module's compiled programs after it.
+
+  XLA:CPU keeps every executable's code mapped (about 1,700 memory maps
+  for a tiny MENTOR epoch's two programs, measured), and JAX's caches keep
+  every executable alive: the whole suite in one process would reach the
+  kernel's vm.max_map_count (65,530), where LLVM can map no more and the
+  process aborts. A later module that needs a program again loads it from
+  the session's compilation cache.
+  """
+  yield
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.clear_caches()
+  if os.environ.get('MENTOR_TEST_MAPS'):  # A probe of the peak, on request.
+    with open('/proc/self/maps') as f:
+      print(f' [{sum(1 for _ in f)} maps]', end='')
+
+
 @pytest.fixture(scope='session')
 def shared_data() -> Path:
   """Path of the real datasets; skips the test if they are absent."""

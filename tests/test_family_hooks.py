@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +37,7 @@ from mentor_jax import train
 from mentor_jax.ops import losses
 
 
-# --- the optimizers -------------------------------------------------------------
+# --- the optimizers ----------------------------------------------------------
 
 
 def _hp(**kw) -> family.TrainHparams:
@@ -97,7 +96,7 @@ def test_adam_with_l2_is_torch_adam_with_weight_decay():
   assert not np.allclose(np.asarray(q), np.asarray(p), atol=1e-5)
 
 
-# --- a toy family that uses every hook ------------------------------------------
+# --- a toy family that uses every hook ---------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)

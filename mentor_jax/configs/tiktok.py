@@ -8,7 +8,8 @@
 acoustic features fill MENTOR's second ("textual") modality slot, since the
 text features are not in the stored copy (../shared/data/tiktok/README.md).
 MENTOR's official hyper-parameters (first cell of the shipped grid:
-lambda_g=1e-4, tau=0.2, seed 999); another model's are its MMRec yaml's. The folder is converted to data/tiktok.npz on first use;
+lambda_g=1e-4, tau=0.2, seed 999); another model's are its MMRec yaml's.
+The folder is converted to data/tiktok.npz on first use;
 point --config.data_source elsewhere for another copy.
 """
 
