@@ -134,10 +134,15 @@ def run_steps(epoch: Epoch, rest: Any, data: data_lib.DeviceData,
   return epoch._replace(state=state, parts=parts, scores=scores)
 
 
-def steps_with_marker(*args, **kwargs) -> tuple[Epoch, jax.Array]:
-  # The marker is a buffer of its own (the epoch is donated to the next
-  # segment): the host waits on it to see the segment finish.
-  epoch = run_steps(*args, **kwargs)
+def steps_with_marker(epoch: Epoch, rest: Any, data: data_lib.DeviceData,
+                      start: jax.Array, stop: jax.Array, *,
+                      graphdef: nnx.GraphDef, family: family_lib.ModelFamily,
+                      hp: family_lib.TrainHparams
+                      ) -> tuple[Epoch, jax.Array]:
+  """`run_steps`, and a marker: a buffer of its own (the epoch is donated
+  to the next segment) that the host waits on to see the segment finish."""
+  epoch = run_steps(epoch, rest, data, start, stop, graphdef=graphdef,
+                    family=family, hp=hp)
   return epoch, epoch.state.step + 0
 
 

@@ -129,3 +129,33 @@ def test_where_the_cache_lives(tmp_path, monkeypatch):
     assert compilation_cache.resolve(off) is None
   monkeypatch.setenv(compilation_cache.ENV, 'off')
   assert compilation_cache.resolve('auto') is None
+
+
+def _nbytes(tree) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize('stacked', [False, True])
+def test_both_programs_update_the_state_in_place(tiny_dataset, stacked):
+  # Each program donates its input (the train state, then the epoch in
+  # flight): XLA must alias at least the parameters and the optimizer
+  # state to the outputs, or every segment would hold two copies.
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from mentor_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from mentor_jax import stack  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config('lightgcn')
+  config.data_npz = str(tiny_dataset)
+  dataset = data_lib.load_dataset(tiny_dataset)
+  if stacked:
+    config.seeds = (0, 1)
+    runs = stack.StackedRuns(config, dataset)
+    state, compiled = runs.state, runs.compile(runs.state)
+  else:
+    built = epoch_lib.setup(config, dataset)
+    state = built.state
+    compiled = epoch_lib.compile_epoch(
+        state, built.rest, built.data, graphdef=built.graphdef,
+        family=built.family, hp=built.hp)
+  carried = _nbytes((state.params, state.opt_state))
+  for program in compiled.programs:
+    assert program.memory_analysis().alias_size_in_bytes >= carried
