@@ -1,16 +1,17 @@
-"""The cost of watching an epoch: segments against one program.
+"""The cost of watching an epoch: segments of steps, short and long.
 
   python bench/bench_progress.py --config configs/synth_baby.py \
-      --data-npz /work/bench_data/synth_baby.npz --steps 6 --reps 5
+      --data-npz /work/bench_data/synth_baby.npz --steps 12 --reps 4
 
-The trainer runs an epoch as its begin program and `epoch.SEGMENTS`
-segments of steps (at most one per step), all dispatched at once, and waits
-for each segment's end to move the progress bar (`epoch.run_epoch`). This
-times the same compiled programs two ways, interleaved A/B after one
-warm-up each: every step its own segment, the host waiting on each (what
-the trainer does with a bar), and the whole epoch as one segment. It
-reports the median step time of each and the overhead per step, and checks
-that both give the same bits.
+The trainer runs an epoch as its begin program, its first step alone
+(timed), then the other steps in segments of about `epoch.SEGMENT_S`
+seconds, all dispatched at once, waiting for each segment's end to move
+the progress bar (`epoch.run_epoch`). This times the same compiled programs
+three ways, interleaved after one warm-up each: every step its own segment
+(SEGMENT_S = 0), the trainer's plan, and the first step then the rest as
+one segment. From the step times and the segment counts it reports the
+cost of one segment (a program launch) and the trainer's overhead over
+one segment; it checks that all three give the same bits.
 """
 
 from __future__ import annotations
@@ -55,36 +56,39 @@ def main() -> None:
   epoch_lib.release_freed_host_memory()
   print(f'compiled in {compiled.compile_s:.1f}s; {n_steps} steps',
         flush=True)
-  segments = {'per_step': n_steps, 'whole': 1}
-  states = {name: jax.tree.map(lambda x: x.copy(), state)
-            for name in segments}
-  times = {name: [] for name in segments}
+  plans = {'per_step': 0.0, 'trainer': epoch_lib.SEGMENT_S, 'whole': 1e9}
+  states = {name: jax.tree.map(lambda x: x.copy(), state) for name in plans}
+  times = {name: [] for name in plans}
+  launches = {}
   outputs = {}
-  seen = []
   for rep in range(args.reps + 1):
-    order = list(segments) if rep % 2 else list(segments)[::-1]
+    order = list(plans) if rep % 2 else list(plans)[::-1]
     for name in order:
-      epoch_lib.SEGMENTS = segments[name]
+      epoch_lib.SEGMENT_S = plans[name]
+      seen = []
       t0 = time.perf_counter()
       states[name], parts, scores = compiled(
-          states[name], rest, data, n_steps=n_steps,
-          on_progress=seen.append)
+          states[name], rest, data, n_steps=n_steps, on_progress=seen.append)
       jax.block_until_ready((states[name], parts, scores))
       dt = time.perf_counter() - t0
+      launches[name] = len(seen)  # The timed first step, then segments.
       if rep:  # rep 0: warm-up
         times[name].append(dt / n_steps)
       outputs[name] = jax.device_get((parts, scores))
-      print(rep, name, f'{dt / n_steps:.4f} s/step', flush=True)
-  same = all(np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(outputs['per_step']), jax.tree.leaves(outputs['whole'])))
+      print(rep, name, f'{dt / n_steps:.4f} s/step, {len(seen)} launches',
+            flush=True)
+  leaves = {n: jax.tree.leaves(o) for n, o in outputs.items()}
+  same = all(np.array_equal(a, b) for name in ('trainer', 'whole')
+             for a, b in zip(leaves['per_step'], leaves[name]))
   med = {name: float(np.median(v)) for name, v in times.items()}
+  per_launch = ((med['per_step'] - med['whole']) * n_steps
+                / (launches['per_step'] - launches['whole']))
   print(json.dumps({
-      'steps': n_steps, 'step_s_per_step_segments': med['per_step'],
-      'step_s_one_segment': med['whole'],
-      'overhead_ms_per_step': 1e3 * (med['per_step'] - med['whole']),
-      'overhead_pct': 100 * (med['per_step'] / med['whole'] - 1),
-      'same_bits': same, 'per_step': times['per_step'],
-      'whole': times['whole']}))
+      'steps': n_steps, 'launches': launches,
+      'step_s': med, 'one_launch_s': per_launch,
+      'trainer_overhead_pct': 100 * (med['trainer'] / med['whole'] - 1),
+      'per_step_overhead_pct': 100 * (med['per_step'] / med['whole'] - 1),
+      'same_bits': same, 'times': times}))
 
 
 if __name__ == '__main__':

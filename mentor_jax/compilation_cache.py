@@ -34,10 +34,11 @@ MIN_COMPILE_S = 0.5
 MAX_BYTES = 4 << 30
 
 _lock = threading.Lock()
-_counts = {'hits': 0, 'misses': 0}
+_counts = {'hits': 0, 'requests': 0}
 _listening = False
+# Every compile that consults the cache, and those it served.
+_REQUEST = '/jax/compilation_cache/compile_requests_use_cache'
 _HIT = '/jax/compilation_cache/cache_hits'
-_MISS = '/jax/compilation_cache/cache_misses'
 
 
 def default_dir() -> pathlib.Path:
@@ -61,9 +62,9 @@ def resolve(setting: str = 'auto') -> pathlib.Path | None:
 
 def _on_event(event: str, **unused: Any) -> None:
   del unused
-  if event in (_HIT, _MISS):
+  if event in (_HIT, _REQUEST):
     with _lock:
-      _counts['hits' if event == _HIT else 'misses'] += 1
+      _counts['hits' if event == _HIT else 'requests'] += 1
 
 
 def enable(setting: str = 'auto') -> pathlib.Path | None:
@@ -94,17 +95,18 @@ def enable(setting: str = 'auto') -> pathlib.Path | None:
 
 
 class CacheStats:
-  """Cache hits and misses from construction until `stop()` (or `with`)."""
+  """Compiles that consulted the cache, and its hits, from construction
+  until `stop()` (or the end of a `with`)."""
 
   def __init__(self):
     with _lock:
       self._start = dict(_counts)
-    self.hits = self.misses = 0
+    self.hits = self.requests = 0
 
   def stop(self) -> 'CacheStats':
     with _lock:
       self.hits = _counts['hits'] - self._start['hits']
-      self.misses = _counts['misses'] - self._start['misses']
+      self.requests = _counts['requests'] - self._start['requests']
     return self
 
   def __enter__(self) -> 'CacheStats':
@@ -114,11 +116,14 @@ class CacheStats:
     self.stop()
 
   def describe(self) -> str:
-    """'from the cache', 'compiled, now cached' or '' (cache off or unused)."""
-    if self.hits and not self.misses:
+    """Where the programs came from, for the start-up block ('' when the
+    cache is off)."""
+    if not self.requests:
+      return ''
+    if self.hits == self.requests:
       return 'from the compilation cache'
     if self.hits:
-      return f'{self.hits} of {self.hits + self.misses} programs from the cache'
-    if self.misses:
-      return 'not in the compilation cache yet'
-    return ''
+      return (f'{self.hits} of {self.requests} programs from the '
+              'compilation cache')
+    return 'not in the compilation cache yet'
+

@@ -6,9 +6,9 @@ An epoch is two compiled programs, both pure functions of pytrees:
   and the family's `epoch_setup`, i.e. everything before the first step;
 * `run_steps`: steps [start, stop) of the epoch (`ModelFamily.train_step`),
   one `lax.fori_loop` on the device. The host calls it for a few segments of
-  the epoch in a row (`run_epoch`), all dispatched at once, and watches them
-  finish: that is the progress bar's signal. No host callback sits inside
-  either program, so both can come from JAX's persistent compilation cache
+  the epoch in a row (`run_epoch`) and watches them finish: that is the
+  progress bar's signal. No host callback sits inside either program, so
+  both can come from JAX's persistent compilation cache
   (`compilation_cache.py`); a callback would keep them out of it.
 
 A step's arithmetic is the same whatever the segments: the loop body reads
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -40,9 +41,14 @@ from mentor_jax import mesh as mesh_lib
 from mentor_jax import registry
 from mentor_jax.ops import sparse
 
-# Segments of an epoch the host dispatches (and sees finish), at most: the
-# progress bar's resolution. One dispatch costs well under a millisecond
-# (bench/RESULTS.md, "Progress without callbacks").
+# The segments of an epoch: about SEGMENT_S seconds of steps each, and
+# SEGMENTS at most. Every segment is one launch of the steps program, which
+# on a CPU costs 0.06-0.4 s (the program's scratch memory is mapped afresh:
+# 0.5 GiB for a Baby-shape MENTOR step; bench/RESULTS.md section 15), so a
+# segment per step would slow a run down by up to 10 %; 30 s segments keep
+# that under 1-2 % and move the bar at least as often as its plain log
+# lines (progress.LOG_INTERVAL_S).
+SEGMENT_S = 30.0
 SEGMENTS = 50
 
 
@@ -155,12 +161,17 @@ steps_program = functools.partial(
         steps_with_marker)
 
 
-def segments(n_steps: int, n_segments: int | None = None
+def segments(start: int, n_steps: int, step_s: float
              ) -> list[tuple[int, int]]:
-  """[start, stop) bounds that split n_steps into near-equal segments
-  (`SEGMENTS` of them at most)."""
-  n = max(1, min(n_steps, n_segments or SEGMENTS))
-  edges = [round(i * n_steps / n) for i in range(n + 1)]
+  """[a, b) bounds that split steps [start, n_steps) into near-equal
+  segments of about `SEGMENT_S` seconds (`SEGMENTS` at most), for steps
+  of `step_s` seconds."""
+  left = n_steps - start
+  if left <= 0:
+    return []
+  length = max(1, math.ceil(SEGMENT_S / max(step_s, 1e-9)))
+  n = max(1, min(SEGMENTS, -(-left // length)))
+  edges = [start + round(i * left / n) for i in range(n + 1)]
   return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
@@ -170,14 +181,21 @@ def run_epoch(begin: Callable[[Any], Epoch],
               on_progress: Callable[[int], None] | None = None) -> Epoch:
   """One epoch: `begin(state)`, then `steps` over every segment.
 
-  All segments are dispatched before the first finishes (JAX dispatches
-  asynchronously), so the device runs them back to back; with
-  `on_progress`, the host then waits for each in turn and reports the
-  steps done.
+  The epoch's first step runs alone and is timed (with `begin` before it:
+  an upper bound on a step); the other steps are cut into `segments` of
+  that many seconds, all dispatched at once (JAX dispatches asynchronously,
+  so the device runs them back to back). With `on_progress`, the host then
+  waits for each in turn and reports the steps done.
   """
+  t0 = time.perf_counter()
   epoch = begin(state)
+  epoch, marker = steps(epoch, np.int32(0), np.int32(1))
+  marker.block_until_ready()
+  step_s = time.perf_counter() - t0
+  if on_progress is not None:
+    on_progress(1)
   pending = []
-  for start, stop in segments(n_steps):
+  for start, stop in segments(1, n_steps, step_s):
     epoch, marker = steps(epoch, np.int32(start), np.int32(stop))
     pending.append((stop, marker))
   if on_progress is not None:

@@ -1,6 +1,7 @@
 """The epoch's programs (epoch.py) and the compilation cache around them.
 
-* segments cover the steps of an epoch once, in order;
+* segments cover the steps of an epoch once, in order, about SEGMENT_S
+  seconds each;
 * every family's two programs lower to the same text in any process (a
   set iterated in hash order would change the program, and with it JAX's
   persistent-cache key, at every start);
@@ -13,6 +14,7 @@ test_progress.py.)
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -29,15 +31,24 @@ from mentor_jax import rundirs
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize('n_steps', [1, 2, 7, 49, 50, 51, 59, 1000])
-def test_segments_cover_the_epoch_once_in_order(n_steps):
-  bounds = epoch_lib.segments(n_steps)
-  assert bounds[0][0] == 0 and bounds[-1][1] == n_steps
+@pytest.mark.parametrize('n_steps', [2, 7, 49, 50, 51, 59, 1000])
+@pytest.mark.parametrize('step_s', [0.0, 0.5, 3.3, 40.0])
+def test_segments_cover_the_epoch_once_in_order(n_steps, step_s):
+  bounds = epoch_lib.segments(1, n_steps, step_s)  # After the timed step 0.
+  assert bounds[0][0] == 1 and bounds[-1][1] == n_steps
   assert all(a < b for a, b in bounds)
   assert all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:]))
-  assert len(bounds) == min(n_steps, epoch_lib.SEGMENTS)
+  assert len(bounds) <= epoch_lib.SEGMENTS
   sizes = [b - a for a, b in bounds]
   assert max(sizes) - min(sizes) <= 1
+  # About SEGMENT_S seconds each: at most that (unless capped by
+  # SEGMENTS), and more than half of it.
+  want = max(1, math.ceil(epoch_lib.SEGMENT_S / max(step_s, 1e-9)))
+  if len(bounds) < epoch_lib.SEGMENTS:
+    assert max(sizes) <= want
+  if len(bounds) > 1:
+    assert min(sizes) >= want // 2
+  assert epoch_lib.segments(n_steps, n_steps, step_s) == []
 
 
 _LOWER = '''
@@ -101,7 +112,7 @@ def test_a_second_start_loads_the_programs_from_the_cache(tiny_dataset,
   second = _train(tmp_path / 'b', tiny_dataset, cache)
   assert 'not in the compilation cache yet' in first, first
   assert 'from the compilation cache' in second, second
-  assert any(cache.glob('jit_steps_with_marker-*'))
+  assert any(cache.glob('jit_*-cache'))
   strip = lambda log: [{k: v for k, v in r.items() if 'time' not in k}
                        for r in log]
   a = strip(rundirs.read_metrics(tmp_path / 'a'))

@@ -140,13 +140,15 @@ def test_the_epoch_reports_each_segment_and_splitting_changes_no_bit(
     return jax.device_get((state, outs))
 
   seen = []
+  monkeypatch.setattr(epoch_lib, 'SEGMENT_S', 0.0)
   with_bar = two_epochs(seen.append)
   # Every step, one segment each (n_steps < SEGMENTS), in order.
   assert seen == list(range(1, n_steps + 1)) * 2, seen
-  monkeypatch.setattr(epoch_lib, 'SEGMENTS', 1)
+  monkeypatch.setattr(epoch_lib, 'SEGMENT_S', 1e9)
   whole = []
   one_segment = two_epochs(whole.append)
-  assert whole == [n_steps] * 2
+  # The first step alone (timed), then the rest as one segment.
+  assert whole == [1, n_steps] * 2
   flat_a, tree_a = jax.tree.flatten(with_bar)
   flat_b, tree_b = jax.tree.flatten(one_segment)
   assert tree_a == tree_b
