@@ -136,9 +136,10 @@ def mmrec_schedule(hp: TrainHparams) -> optax.ScalarOrSchedule:
   MMRec steps torch's LambdaLR once per epoch with factor ** (epoch /
   every); `optax.exponential_decay(lr, steps_per_epoch, factor ** (1 /
   every), staircase=True)` is the same rate in exact arithmetic but rounds
-  differently (up to 4e-7 relative in float32; tests/test_family.py), so
-  the exponent is computed as MMRec computes it. A constant rate (factor 1)
-  stays a plain float, which keeps optax's plain Adam state.
+  differently (up to 4e-7 relative in float32;
+  tests/test_family_hooks.py), so the exponent is computed as MMRec
+  computes it. A constant rate (factor 1) stays a plain float, which keeps
+  optax's plain Adam state.
   """
   if hp.lr_decay == 1.0:
     return hp.learning_rate

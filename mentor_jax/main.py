@@ -19,6 +19,7 @@ import inspect
 import pathlib
 import runpy
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -125,8 +126,25 @@ def model_override_error(config_filename: str, overrides: dict[str, Any],
     skip = a in ('--config.model', '-config.model')
   for j, prefix, value in _config_values(command):
     command[j] = prefix + value.partition(':')[0] + ':' + new_arg
+  typed = (' '.join([command_name(command[0]), shlex.join(command[1:])])
+           if command else '')
   return errors.ConfigError(f'{head}. Build it for {wanted!r} instead:\n  '
-                            + shlex.join(command))
+                            + typed)
+
+
+def command_name(argv0: str) -> str:
+  """The program `argv0` started, as a user would type it again:
+  `python -m mentor_jax.train` for a module of the package (argv[0] is then
+  the module's file), `mentor-train` for a script found on the PATH."""
+  path = pathlib.Path(argv0)
+  if path.suffix == '.py':
+    if path.resolve().parent == pathlib.Path(__file__).resolve().parent:
+      return f'python -m mentor_jax.{path.stem}'
+    return shlex.join(['python', argv0])
+  found = shutil.which(path.name)
+  if found and pathlib.Path(found).resolve() == path.resolve():
+    return path.name
+  return shlex.quote(argv0)
 
 
 def run_config_command(main: Callable[[list[str]], Any]) -> None:

@@ -49,7 +49,6 @@ from mentor_jax import family as family_lib
 from mentor_jax import registry
 
 
-
 class RunSpec(NamedTuple):
   """One run of a stack: its index, seed and swept values."""
 

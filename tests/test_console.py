@@ -170,6 +170,20 @@ def test_a_model_override_is_refused_with_the_command_to_use():
   assert "builds 'mentor' configs only" in str(error)
 
 
+def test_the_command_to_use_is_one_a_user_can_type():
+  package = REPO / 'mentor_jax'
+  assert (main_lib.command_name(str(package / 'train.py'))
+          == 'python -m mentor_jax.train')
+  assert main_lib.command_name('/elsewhere/my run.py') == (
+      "python '/elsewhere/my run.py'")
+  script = pathlib.Path(sys.executable).parent / 'mentor-train'
+  if script.exists() and shutil.which('mentor-train') == str(script):
+    assert main_lib.command_name(str(script)) == 'mentor-train'
+  # Not on the PATH: as typed.
+  assert main_lib.command_name('/no/such/bin/mentor-train') == (
+      '/no/such/bin/mentor-train')
+
+
 def test_the_cli_refuses_a_model_override_in_one_line(tmp_path):
   done = subprocess.run(
       [sys.executable, '-m', 'mentor_jax.train', '--config',
@@ -179,6 +193,9 @@ def test_the_cli_refuses_a_model_override_in_one_line(tmp_path):
   assert done.returncode == 2, done.stderr
   errors_ = [l for l in done.stderr.splitlines() if 'error:' in l]
   assert errors_ and 'configs/tiny.py:mfbpr' in done.stderr, done.stderr
+  # The command as it can be typed again (argv[0] is the module's file).
+  assert ('python -m mentor_jax.train --config configs/tiny.py:mfbpr'
+          in done.stderr), done.stderr
   assert 'Traceback' not in done.stderr
   assert not (tmp_path / 'w').exists()
 
