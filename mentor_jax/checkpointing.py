@@ -223,12 +223,16 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | pathlib.Path, *, keep_latest: int = 2,
-               read_only: bool = False):
+               read_only: bool = False,
+               latest_of: 'Checkpointer | None' = None):
+    """`latest_of`: the checkpointer whose latest steps a resume reads, if
+    not this one's (a run of a stack: the stack's), for pruning best steps."""
     # Orbax wants absolute paths; workdirs are often relative.
     self.directory = pathlib.Path(directory).resolve()
     self.read_only = read_only
     self.latest = _manager(self.directory / LATEST, keep_latest, read_only)
     self.best = _manager(self.directory / BEST, None, read_only)
+    self._resumed_from = latest_of or self
 
   def save_latest(self, epoch: int, params: Any, opt_state: Any,
                   meta: dict[str, Any]) -> None:
@@ -254,7 +258,7 @@ class Checkpointer:
     self._prune_best()
 
   def _prune_best(self) -> None:
-    latest = self.latest.all_steps()
+    latest = self._resumed_from.latest.all_steps()
     if not latest:
       return
     oldest_latest = min(latest)
@@ -277,6 +281,16 @@ class Checkpointer:
         params=ocp.args.StandardSave(params),
         scores=ocp.args.StandardSave(scores),
         meta=ocp.args.JsonSave(meta)))
+
+  def restore_best_scores(self, step: int) -> tuple[jax.Array, jax.Array]:
+    """The (user, item) embeddings ranked at best step `step`."""
+    meta = read_meta(self.best, step)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    scores = {name: jax.ShapeDtypeStruct(tuple(s['shape']), s['dtype'],
+                                         sharding=device)
+              for name, s in meta['scores'].items()}
+    out = restore_items(self.best, step, scores=scores)['scores']
+    return out['user'], out['item']
 
   def restore_latest(self, params: Any, opt_state: Any,
                      current_signature: dict[str, Any], *,

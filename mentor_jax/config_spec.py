@@ -17,6 +17,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
+from mentor_jax import mesh
 from mentor_jax.errors import ConfigError
 
 
@@ -127,6 +128,11 @@ def _passes(spec: Spec, value: Any) -> bool:
     return False
 
 
+def _mesh_shape_ok(value: Any) -> bool:
+  mesh.device_count(value)  # Raises ValueError for anything else.
+  return True
+
+
 POSITIVE = number(0.0, low_open=True)
 NON_NEGATIVE = number(0.0)
 PROBABILITY_BELOW_1 = number(0.0, 1.0, high_open=True)
@@ -177,11 +183,9 @@ TRAINER: dict[str, Spec] = {
     # 'auto', a folder, or 'off' (compilation_cache.py).
     'compile_cache': text(),
     # Scale-out.
-    'mesh_shape': either(choice('auto'), integer(1),
-                         Spec('a 1-tuple (n,) with n >= 1',
-                              lambda x: isinstance(x, (tuple, list))
-                              and len(x) == 1 and _is_int(x[0])
-                              and x[0] >= 1)),
+    # A command-line override arrives as text ('2', '(2,)').
+    'mesh_shape': Spec("'auto', n >= 1 or (n,), as a value or as text",
+                       _mesh_shape_ok),
     'shard_tables': boolean(),
     'coordinator_address': text(),
     'num_processes': integer(0),
@@ -257,9 +261,21 @@ def config_to_json(config: Any) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def config_changes(saved: dict[str, Any], config: Any) -> str:
-  """'key: old -> new, ...' for the top-level settings that differ."""
+# Settings that do not change what an epoch computes: how long a run goes
+# and how it is logged, where its data lives (the checkpoint signature
+# checks the data itself), the grid runner's grid and a report label.
+# Changing them on a resume is how a run is extended or moved, not a change
+# of the experiment.
+NOT_RESULT_KEYS = frozenset({
+    'epochs', 'log_every_epochs', 'checkpoint_every_epochs', 'compile_cache',
+    'resume_other_data', 'data_npz', 'data_source', 'grid', 'variant'})
+
+
+def config_changes(saved: dict[str, Any], config: Any,
+                   ignore: frozenset[str] = frozenset()) -> str:
+  """'key: old -> new, ...' for the top-level settings that differ
+  (those in `ignore` aside)."""
   now = config_to_json(config)
   return ', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}'
-                   for k in sorted(set(saved) | set(now))
+                   for k in sorted((set(saved) | set(now)) - ignore)
                    if saved.get(k) != now.get(k))

@@ -130,10 +130,12 @@ class Runner:
     self._shardings = None
 
   @classmethod
-  def from_config(cls, config: Any) -> 'Runner':
-    """Initializes multi-host JAX if asked, then builds the mesh."""
+  def from_config(cls, config: Any, mesh_shape: Any = None) -> 'Runner':
+    """Initializes multi-host JAX if asked, then builds the mesh
+    (`config.mesh_shape`, unless `mesh_shape` is given)."""
     initialize(config)
-    mesh = mesh_lib.make_mesh(config.get('mesh_shape', 'auto'))
+    mesh = mesh_lib.make_mesh(config.get('mesh_shape', 'auto')
+                              if mesh_shape is None else mesh_shape)
     return cls(mesh, bool(config.get('shard_tables', False)))
 
   @property

@@ -103,14 +103,25 @@ def load(path: str | pathlib.Path, *, data_npz: str | None = None,
       return _load_step(directory, step, data_npz, with_scores)
     except (errors.UserError, DataError):
       raise
-    except Exception:  # pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except
       # Orbax lists every step of the folder, and the trainer may delete an
       # old one (or the one read) meanwhile: read again. A fault that is
       # still there after a few attempts is real.
       if attempt + 1 == _READ_ATTEMPTS:
-        raise
+        raise damaged_step_error(directory / str(step), e) from e
       time.sleep(0.2 * (attempt + 1))
   raise AssertionError('unreachable')
+
+
+def damaged_step_error(where: pathlib.Path,
+                       error: Exception) -> errors.CheckpointError:
+  """The one-line error for a step that cannot be read back."""
+  reason = str(error).strip().splitlines()[0] if str(error).strip() else ''
+  return checkpointing.DamagedCheckpointError(
+      f'{where}: cannot be read back ({type(error).__name__}'
+      + (f': {reason[:200]}' if reason else '') + '); the files are damaged '
+      'or incomplete. Evaluate the newest latest step instead (--checkpoint '
+      'WORKDIR/checkpoints/latest), or train again to write a new best one')
 
 
 def _load_step(directory: pathlib.Path, step: int, data_npz: str | None,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import pathlib
+import signal
 import sys
 from typing import Any, Callable
 
@@ -63,6 +64,15 @@ def parse_grid(specs: list[str], config: ml_collections.ConfigDict
       raise errors.ConfigError(f'--grid {spec!r}: expected key=v1,v2,...')
     if key not in config:
       raise errors.ConfigError(f'--grid {spec!r}: config has no key {key!r}')
+    if key in grid:
+      raise errors.ConfigError(f'--grid {spec!r}: {key!r} is given twice; '
+                               'list all its values in one --grid')
+    if not isinstance(config[key], (bool, int, float, str)):
+      raise errors.ConfigError(
+          f'--grid {spec!r}: config.{key} is a '
+          f'{type(config[key]).__name__}, and a grid takes single values'
+          + (" (for several seeds: --config.seeds='(0,1,2)', which every "
+             'cell then runs)' if key == 'seeds' else ''))
     try:
       grid[key] = [_parse_value(v.strip(), config[key])
                    for v in values.split(',')]
@@ -70,14 +80,29 @@ def parse_grid(specs: list[str], config: ml_collections.ConfigDict
       raise errors.ConfigError(
           f'--grid {spec!r}: a value is not a {type(config[key]).__name__}, '
           f'as config.{key} is ({e})') from None
+    check_distinct(f'--grid {spec!r}', key, grid[key])
   return grid
+
+
+def check_distinct(where: str, key: str, values: list[Any]) -> None:
+  """Refuses a value given twice: two cells (or runs) would be one."""
+  seen = set()
+  for value in values:
+    if value in seen:
+      raise errors.ConfigError(
+          f'{where}: {key}={value!r} is repeated (two cells would be the '
+          'same run); give each value once')
+    seen.add(value)
 
 
 def config_grid(config: ml_collections.ConfigDict) -> dict[str, list[Any]]:
   """The grid stored in `config.grid` ({} if absent)."""
   if 'grid' not in config or config.grid is None:
     return {}
-  return {k: list(v) for k, v in config.grid.items()}
+  grid = {k: list(v) for k, v in config.grid.items()}
+  for key, values in grid.items():
+    check_distinct(f'config.grid.{key}', key, values)
+  return grid
 
 
 def cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -160,7 +185,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       mean over its seeds.
 
   Returns:
-    The summary (also written as grid_summary.json / .md).
+    The summary (also written as grid_summary.json / .md); a cell that
+    diverged is a row without metrics. When a signal stopped a cell:
+    {'interrupted': the signal's name, 'cell': its name}, and no summary.
   """
   if train_fn is None:
     train_fn = train.train_and_evaluate
@@ -188,7 +215,20 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   rows = []
   for name, job, static in jobs:
     logging.info('grid %s %s', 'stack' if stacked else 'cell', name)
-    result = train_fn(job, workdir / name)
+    try:
+      result = train_fn(job, workdir / name)
+    except errors.TrainingDivergedError as e:
+      # The other cells still count; this one is a row without metrics.
+      logging.warning('grid cell %s: %s', name, e)
+      rows.append({'cell': static, 'name': name, 'best_epoch': -1,
+                   'valid': {}, 'test': {}, 'diverged': str(e)})
+      continue
+    if 'interrupted' in result:
+      # A stopped cell is unfinished: no later cell, no summary. Rerunning
+      # the command resumes it (the finished cells resume as done).
+      logging.warning('grid stopped by %s in cell %s; run the same command '
+                      'again to resume', result['interrupted'], name)
+      return {'interrupted': result['interrupted'], 'cell': name}
     if 'runs' not in result:
       rows.append({'cell': static, 'name': name,
                    'best_epoch': result['best_epoch'],
@@ -196,8 +236,13 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                    'valid': result['valid'], 'test': result['test']})
       continue
     rows.extend(_rows_of_stack(result, static, key_order=list(grid)))
-  by_valid = max(range(len(rows)), key=lambda j: rows[j]['valid'][metric])
-  by_test = max(range(len(rows)), key=lambda j: rows[j]['test'][metric])
+  scored = [j for j, row in enumerate(rows) if metric in row['valid']]
+  if not scored:
+    raise errors.TrainingDivergedError(
+        f'every cell of the grid diverged (first: {rows[0]["name"]}: '
+        f'{rows[0].get("diverged", "no metrics")})')
+  by_valid = max(scored, key=lambda j: rows[j]['valid'][metric])
+  by_test = max(scored, key=lambda j: rows[j]['test'][metric])
   summary = {'grid': grid, 'valid_metric': metric, 'cells': rows,
              'selected_by_valid': rows[by_valid]['name'],
              'selected_by_test': rows[by_test]['name']}
@@ -221,9 +266,11 @@ def _rows_of_stack(result: dict[str, Any], static: dict[str, Any],
     cell_of[name] = cell
   rows = []
   for name, runs in by_cell.items():
-    mean = lambda split, runs=runs: {
-        m: float(np.mean([r[split][m] for r in runs]))
-        for m in runs[0][split]}
+    # Over the seeds that reached a best epoch (a diverged run has none).
+    done = [r for r in runs if r['valid']]
+    mean = lambda split, done=done: {
+        m: float(np.mean([r[split][m] for r in done]))
+        for m in (done[0][split] if done else {})}
     rows.append({'cell': cell_of[name], 'name': name,
                  'best_epoch': [r['best_epoch'] for r in runs],
                  'epochs_run': [r['epochs_run'] for r in runs],
@@ -245,7 +292,8 @@ def format_markdown(summary: dict[str, Any], by_valid: int,
   for j, row in enumerate(summary['cells']):
     pick = ' '.join(p for p, on in (('valid', j == by_valid),
                                     ('test (official)', j == by_test)) if on)
-    vals = [row['name'], str(row['best_epoch']),
+    vals = [row['name'] + (' (diverged)' if row.get('diverged') else ''),
+            str(row['best_epoch']),
             f"{row['valid'].get(metric, float('nan')):.4f}"]
     vals += [f"{row['test'].get(k, float('nan')):.4f}" for k in REPORT_KEYS]
     lines.append('| ' + ' | '.join(vals + [pick]) + ' |')
@@ -274,6 +322,8 @@ def main(argv):
     summary = run_grid(config,
                        FLAGS.workdir or f'runs/grid_{config.dataset}', grid,
                        stacked=FLAGS.stack)
+    if 'interrupted' in summary:  # As the trainer: 130 for SIGINT, 143 ...
+      return 128 + signal.Signals[summary['interrupted']].value
     names = [c['name'] for c in summary['cells']]
     print(format_markdown(summary, names.index(summary['selected_by_valid']),
                           names.index(summary['selected_by_test'])))

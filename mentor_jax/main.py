@@ -168,7 +168,37 @@ def run_config_command(main: Callable[[list[str]], Any]) -> None:
       sys.exit(errors.run_cli(lambda: _raise(error), debug=FLAGS.debug))
     return main(argv)
 
-  app.run(main_with_console, argv=resolve_config_arg(typed))
+  app.run(main_with_console, argv=resolve_config_arg(typed),
+          flags_parser=parse_flags)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with its failures as one `error:` line.
+
+  A misspelt `--config.KEY` surfaces as ml_collections' KeyError or
+  AttributeError (which already names the closest key), a value of the
+  wrong type as absl's flags.Error; either exits with ConfigError's status.
+  """
+  try:
+    return FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError) as e:
+    error = errors.ConfigError(flag_error_text(e))
+    error.__cause__ = e  # --debug shows where it came from.
+    sys.exit(errors.run_cli(lambda: _raise(error), debug='--debug' in argv))
+
+
+def flag_error_text(exc: BaseException) -> str:
+  """One line for a flag-parsing exception: its innermost message, with
+  ml_collections' "Did you mean" kept."""
+  while exc.args and isinstance(exc.args[0], BaseException):
+    exc = exc.args[0]
+  text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(
+      exc)
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if isinstance(exc, (KeyError, AttributeError)) and lines:
+    return (f'--config: this config has no setting {lines[0]}'
+            + ''.join(f'. {line}' for line in lines[1:]))
+  return '; '.join(lines)
 
 
 def _raise(error: Exception) -> None:

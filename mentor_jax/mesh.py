@@ -7,6 +7,7 @@ ask without depending on the placement machinery in `distributed.py`.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import jax
@@ -27,15 +28,8 @@ def make_mesh(mesh_shape: Any = 'auto') -> jax.sharding.Mesh:
     sharding-in-types) propagates the shardings.
   """
   devices = jax.devices()
-  if mesh_shape in ('auto', None, ''):
-    n = len(devices)
-  else:
-    shape = tuple(mesh_shape) if isinstance(mesh_shape, (tuple, list)) else (
-        int(mesh_shape),)
-    if len(shape) != 1:
-      raise ValueError(f'mesh_shape={mesh_shape!r}: only a 1-D data mesh '
-                       "is supported ('auto', n or (n,))")
-    n = shape[0]
+  n = device_count(mesh_shape)
+  n = len(devices) if n is None else n
   if not 1 <= n <= len(devices):
     raise ValueError(f'mesh_shape={mesh_shape!r} asks for {n} devices; '
                      f'{len(devices)} are available')
@@ -43,6 +37,38 @@ def make_mesh(mesh_shape: Any = 'auto') -> jax.sharding.Mesh:
     raise ValueError('with several processes the mesh must span all devices')
   return jax.make_mesh((n,), (AXIS,), (jax.sharding.AxisType.Auto,),
                        devices=devices[:n])
+
+
+def device_count(mesh_shape: Any) -> int | None:
+  """The devices `config.mesh_shape` asks for; None for all ('auto').
+
+  Accepts 'auto', n >= 1, (n,), and their command-line text ('2', '(2,)',
+  '2,'): a `--config.mesh_shape=2` override arrives as a string, since the
+  default is 'auto'.
+
+  Raises:
+    ValueError: anything else (a 2-D shape, n < 1, another string).
+  """
+  value = mesh_shape
+  if isinstance(value, str):
+    text = value.strip()
+    if text in ('auto', ''):
+      return None
+    inner = text[1:-1] if text[:1] + text[-1:] == '()' else text
+    parts = [p.strip() for p in inner.split(',')]
+    value = tuple(parts[:-1] if len(parts) > 1 and not parts[-1] else parts)
+    if not all(p.isdigit() for p in value):
+      raise ValueError(f'mesh_shape={mesh_shape!r}: expected \'auto\', n or '
+                       '(n,)')
+    value = tuple(int(p) for p in value)
+  if value is None:
+    return None
+  shape = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  if (len(shape) != 1 or isinstance(shape[0], bool)
+      or not isinstance(shape[0], numbers.Integral) or shape[0] < 1):
+    raise ValueError(f'mesh_shape={mesh_shape!r}: only a 1-D data mesh of '
+                     "n >= 1 devices is supported ('auto', n or (n,))")
+  return int(shape[0])
 
 
 def mesh_size() -> int:

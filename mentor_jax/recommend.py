@@ -56,15 +56,33 @@ def parse_users(spec: str, n_users: int) -> np.ndarray:
   tokens = [t for t in spec.replace(',', ' ').split() if t]
   if not tokens:
     raise ValueError('no user ids given')
-  bad = [t for t in tokens if not t.lstrip('-').isdigit()]
+  bad = [t for t in tokens if not (t.lstrip('-').isascii()
+                                   and t.lstrip('-').isdigit())]
   if bad:
     raise ValueError(f'user ids must be integers; got {bad[:5]}')
-  users = np.asarray([int(t) for t in tokens], np.int64)
-  out = users[(users < 0) | (users >= n_users)]
-  if out.size:
+  users = [int(t) for t in tokens]  # Python ints: any length compares.
+  out = sorted({u for u in users if not 0 <= u < n_users})
+  if out:
+    shown = [u if abs(u) < 10**12 else f'{str(u)[:12]}...' for u in out[:10]]
     raise ValueError(f'unknown user ids (this dataset has users 0..'
-                     f'{n_users - 1}): {sorted(set(out.tolist()))[:10]}')
-  return users.astype(np.int32)
+                     f'{n_users - 1}): {shown}')
+  return np.asarray(users, np.int32)
+
+
+def read_users_file(path: str) -> str:
+  """The text of --users-file.
+
+  Raises:
+    ValueError: it cannot be read, or it is not UTF-8 text.
+  """
+  try:
+    return pathlib.Path(path).read_text(encoding='utf-8')
+  except UnicodeDecodeError as e:
+    raise ValueError(f'--users-file {path}: not UTF-8 text ({e.reason} at '
+                     f'byte {e.start}); expected one user id per line') from e
+  except OSError as e:
+    raise ValueError(f'--users-file {path}: cannot be read '
+                     f'({e.strerror or e})') from e
 
 
 def top_items(user_emb: jax.Array, item_emb: jax.Array,
@@ -158,9 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     restored = evaluate_lib.load(evaluate_lib.checkpoint_path(args),
                                  data_npz=args.data_npz,
                                  with_scores=args.embeddings != 'recompute')
-    spec = (args.users if args.users is not None
-            else pathlib.Path(args.users_file).read_text())
     try:
+      spec = (args.users if args.users is not None
+              else read_users_file(args.users_file))
       users = parse_users(spec, restored.dataset.n_users)
     except ValueError as e:
       parser.error(str(e))

@@ -89,7 +89,15 @@ def load_stack(workdir: pathlib.Path) -> list[dict[str, Any]]:
   members = []
   for d, entry in zip(dirs, entries):
     run = rundirs.load_run(d) if (d / 'config.json').exists() else None
+    if run is None and entry is not None:
+      # The stack's result.json is the record of a finished stack: a run
+      # whose folder lost its files still counts, and the report says so.
+      run = _run_from_entry(workdir, d, entry)
+      print(f'note: {d} has no config.json or metrics.jsonl; its result '
+            f'is taken from {workdir / "result.json"}')
     if run is None:
+      print(f'note: {d} is left out of the mean: no config.json or no '
+            'finished epoch yet')
       continue
     if entry is not None and not run['finished']:
       # The stack's result.json is the record; a run folder may lag it.
@@ -111,8 +119,20 @@ def load_stack(workdir: pathlib.Path) -> list[dict[str, Any]]:
   rows = []
   for cell in cells.values():
     runs = [run for _, _, run in cell]
+    # As the trainer's summary: over the runs that reached a best epoch.
+    done = [run['result'] for run in runs
+            if run['result'].get('best_epoch', -1) >= 0]
+    for k, _, run in cell:
+      if run['result'].get('best_epoch', -1) < 0:
+        print(f'note: run {k} of {workdir} has no best epoch (it diverged '
+              'in its first epoch); it is left out of the mean')
+    if not done:
+      with_values = f' with {cell[0][1]}' if cell[0][1] else ''
+      raise errors.ResultFileError(
+          f'{workdir}: no run of the stack{with_values} reached a best '
+          'epoch (each diverged in its first epoch)')
     try:
-      summary = stats.summary_of_runs([run['result'] for run in runs])
+      summary = stats.summary_of_runs(done)
     except ValueError as e:
       raise errors.ResultFileError(f'{workdir}: {e}') from e
     rows.append(dict(runs[0], dir=str(workdir), stack={
@@ -120,6 +140,21 @@ def load_stack(workdir: pathlib.Path) -> list[dict[str, Any]]:
         'seeds': [run['config'].get('seed') for run in runs],
         'overrides': cell[0][1], 'summary': summary}))
   return rows
+
+
+def _run_from_entry(workdir: pathlib.Path, run_dir: pathlib.Path,
+                    entry: dict[str, Any]) -> dict[str, Any]:
+  """`load_run`'s dict for a run of a finished stack from the stack's
+  config.json and its result.json entry (the run's own files are gone)."""
+  config = rundirs.read_json_object(workdir / 'config.json')
+  config = dict(config, seed=entry.get('seed'), seeds=[], sweep='',
+                **entry.get('overrides', {}))
+  result = {k: entry[k] for k in ('best_epoch', 'valid', 'test',
+                                  'epochs_run') if k in entry}
+  return {'dir': str(run_dir), 'config': config, 'result': result,
+          'finished': True,
+          'stopped_early': result.get('epochs_run', 0) < config['epochs'],
+          's_per_epoch': float('nan')}
 
 
 def _value(x: Any) -> str:

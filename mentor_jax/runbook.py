@@ -76,10 +76,13 @@ def non_finite_error(parts: dict[str, np.ndarray], epoch: int,
 
 def save_per_user_test(path: pathlib.Path,
                        evaluator: metrics_lib.Evaluator, user_emb,
-                       item_emb) -> None:
+                       item_emb, epoch: int) -> None:
   """The best epoch's per-user test metrics, for paired significance tests
-  (report --compare); written atomically, as every file of a workdir."""
+  (report --compare), with that epoch (`rundirs.PER_USER_EPOCH`), so that a
+  reader can tell it from another epoch's; written atomically, as every
+  file of a workdir."""
   arrays = evaluator.per_user(user_emb, item_emb, 'test')
+  arrays[rundirs.PER_USER_EPOCH] = np.asarray(epoch, np.int64)
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
   workdir_lib.write_bytes_atomic(path, buffer.getvalue())
@@ -109,6 +112,9 @@ class RunBook:
     self.stopped = False
     self.epochs_run = 0
     self.diverged: str | None = None
+    # Settings changed on a resume: [{'from_epoch', 'settings'}], kept in
+    # the checkpoint meta and result.json (config.json holds the newest).
+    self.changes: list[dict[str, Any]] = []
     self.writer: writers_lib.MetricWriter = writers_lib.MultiWriter([])
 
   def restore(self, meta: dict[str, Any], epochs_run: int) -> None:
@@ -120,14 +126,29 @@ class RunBook:
     self.stopped = meta['stopped']
     self.epochs_run = meta.get('epochs_run', epochs_run)
     self.diverged = meta.get('diverged')
+    self.changes = list(meta.get('changes', []))
+
+  def record_change(self, from_epoch: int, settings: str) -> None:
+    """Notes settings that a resume changed, from epoch `from_epoch` on."""
+    self.changes.append({'from_epoch': from_epoch, 'settings': settings})
 
   def start(self, last_epoch: int) -> None:
     """Writes config.json, forgets what comes after `last_epoch` (the
-    epochs a resume redoes) and opens the writers."""
+    epochs a resume redoes) and opens the writers.
+
+    On a resume the per-user file is written anew from the best step the
+    checkpoint names: a kill between the best save and the next latest one
+    can leave a file of a best epoch that the resume then trains again.
+    """
     if self.chief:
       workdir_lib.write_text_atomic(self.dir / 'config.json',
                                     self.config.to_json_best_effort(indent=2))
     self.ckpt.drop_best_after(last_epoch)
+    best_epoch = self.best['best_epoch']
+    if self.chief and last_epoch >= 0 and best_epoch >= 0:
+      save_per_user_test(self.dir / rundirs.PER_USER_FILE, self.evaluator,
+                         *self.ckpt.restore_best_scores(best_epoch),
+                         best_epoch)
     self.writer = writers_lib.run_writer(self.dir, resume_after=last_epoch,
                                          chief=self.chief)
 
@@ -148,7 +169,8 @@ class RunBook:
             'key': checkpointing.key_to_json(state.key),
             'early_stopping': {'best': self.stopper.best,
                                'bad_epochs': self.stopper.bad_epochs},
-            'best': self.best, 'stopped': self.stopped}
+            'best': self.best, 'stopped': self.stopped,
+            'changes': self.changes}
 
   def checkpoint_meta(self, epoch: int, state: Any) -> dict[str, Any]:
     """A single run's checkpoint meta: what resuming needs besides arrays."""
@@ -171,10 +193,12 @@ class RunBook:
                         self.checkpoint_meta(epoch, state))
     if self.chief:
       save_per_user_test(self.dir / rundirs.PER_USER_FILE, self.evaluator,
-                         *scores)
+                         *scores, epoch)
 
   def result(self) -> dict[str, Any]:
     out = dict(self.best, epochs_run=self.epochs_run)
     if self.diverged:
       out['diverged'] = self.diverged
+    if self.changes:
+      out['changed_settings'] = self.changes
     return out

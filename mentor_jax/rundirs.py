@@ -29,6 +29,9 @@ from mentor_jax import workdir as workdir_lib
 RUNS_DIR = 'runs'  # <workdir>/runs/<k>/
 METRICS_FILE = 'metrics.jsonl'
 PER_USER_FILE = 'per_user_test.npz'
+# The scalar field of a per-user file that holds its epoch (files written
+# before it was added have none).
+PER_USER_EPOCH = 'epoch'
 
 
 def read_metrics(run_dir: str | pathlib.Path) -> list[dict[str, Any]]:
@@ -128,22 +131,55 @@ def best_from_log(log: list[dict[str, Any]], metric: str) -> dict[str, Any]:
           'test': best['test'], 'epochs_run': len(log)}
 
 
+def read_json_object(path: pathlib.Path,
+                     required: Sequence[str] = ()) -> dict[str, Any]:
+  """A JSON object file with the `required` keys.
+
+  Raises:
+    ResultFileError: missing, not JSON, not an object, or a key missing.
+  """
+  try:
+    value = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise errors.ResultFileError(f'{path}: not found') from None
+  except (ValueError, UnicodeDecodeError) as e:
+    raise errors.ResultFileError(f'{path}: not valid JSON ({e})') from e
+  if not isinstance(value, dict):
+    raise errors.ResultFileError(f'{path}: expected a JSON object, found '
+                                 f'{type(value).__name__}')
+  missing = [k for k in required if k not in value]
+  if missing:
+    raise errors.ResultFileError(f'{path}: no {", ".join(missing)}; it has '
+                                 f'{sorted(value)}')
+  return value
+
+
 def load_run(run_dir: pathlib.Path) -> dict[str, Any] | None:
   """One row's data: config, best-valid result, timing, finished or not.
 
   Returns None for a run that has not finished an epoch yet.
+
+  Raises:
+    ResultFileError: config.json or result.json damaged or partial.
   """
-  config = json.loads((run_dir / 'config.json').read_text())
-  log = read_metrics(run_dir)
-  result_path = run_dir / 'result.json'
-  if result_path.exists():
-    result, finished = json.loads(result_path.read_text()), True
+  config = read_json_object(run_dir / 'config.json',
+                            ('model', 'valid_metric', 'epochs'))
+  # Records a trainer wrote: an epoch with its metrics (others, e.g. a
+  # line cut short and then completed by hand, are not epochs).
+  log = [r for r in read_metrics(run_dir)
+         if isinstance(r.get('valid'), dict) and isinstance(
+             r.get('test'), dict) and 'epoch' in r
+         and config['valid_metric'] in r['valid']]
+  if (run_dir / 'result.json').exists():
+    result, finished = read_json_object(
+        run_dir / 'result.json',
+        ('best_epoch', 'valid', 'test', 'epochs_run')), True
   elif log:
     result, finished = best_from_log(log, config['valid_metric']), False
   else:
     return None
-  epochs = [r['train_time_s'] for r in log[1:]] or [
-      r['train_time_s'] for r in log]  # Epoch 0 includes the compile.
+  epochs = [r.get('train_time_s', float('nan')) for r in log[1:]] or [
+      r.get('train_time_s', float('nan')) for r in log]  # Epoch 0 compiles.
   return {
       'dir': str(run_dir), 'config': config, 'result': result,
       'finished': finished,

@@ -94,6 +94,10 @@ def parse_sweep(text: str, config: ml_collections.ConfigDict,
           f'{where}: the values must be numbers') from None
     for v in parsed:
       specs[key].validate(f'sweep:{key}', v)
+    if len(set(parsed)) != len(parsed):
+      raise errors.ConfigError(
+          f'{where}: a value is repeated (two runs would be the same run); '
+          'give each value once')
     if key in family.gated and len({v == 0 for v in parsed}) > 1:
       raise errors.ConfigError(
           f'{where}: {key}=0 removes its loss term, a different program '

@@ -32,6 +32,8 @@ from __future__ import annotations
 import math
 import pathlib
 import warnings
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -178,8 +180,15 @@ def _read_per_user(path: pathlib.Path) -> dict[str, np.ndarray]:
   try:
     with np.load(path, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
-  except (OSError, ValueError) as e:
-    raise errors.ResultFileError(f'{path}: not a readable .npz ({e})') from e
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile,
+          zlib.error) as e:
+    raise errors.ResultFileError(
+        f'{path}: not a readable .npz ({type(e).__name__}: {e}); it is '
+        'truncated or damaged. Rerun the training command of its workdir, '
+        'which writes it again from the best checkpoint') from e
+  epoch = arrays.pop(rundirs.PER_USER_EPOCH, None)
+  if epoch is not None:
+    _check_per_user_epoch(path, epoch)
   users = arrays.get('users')
   if users is None:
     raise errors.ResultFileError(f'{path}: no array "users"; found '
@@ -198,6 +207,23 @@ def _read_per_user(path: pathlib.Path) -> dict[str, np.ndarray]:
           f'{path}: field {name}: expected {users.size} floats (one per '
           f'user), found {values.dtype} of shape {values.shape}')
   return arrays
+
+
+def _check_per_user_epoch(path: pathlib.Path, epoch: np.ndarray) -> None:
+  """Refuses a per-user file of another epoch than its run's result.json
+  names: a paired test would pair the wrong epoch."""
+  if epoch.ndim != 0 or not np.issubdtype(epoch.dtype, np.integer):
+    raise errors.ResultFileError(
+        f'{path}: field {rundirs.PER_USER_EPOCH}: expected one integer, '
+        f'found {epoch.dtype} of shape {epoch.shape}')
+  result = rundirs.read_result(path.parent)
+  best = None if result is None else result.get('best_epoch')
+  if best is not None and best != int(epoch):
+    raise errors.ResultFileError(
+        f'{path} holds the per-user metrics of epoch {int(epoch)}, and '
+        f'{path.parent / "result.json"} names best epoch {best}: rerun the '
+        'training command of that workdir, which writes the file again from '
+        'its best checkpoint')
 
 
 def load_per_user(dirs: str | pathlib.Path | Sequence[str | pathlib.Path],

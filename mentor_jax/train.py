@@ -37,6 +37,7 @@ from mentor_jax import datasets
 from mentor_jax import distributed
 from mentor_jax import epoch as epoch_lib
 from mentor_jax import errors
+from mentor_jax import mesh as mesh_lib
 from mentor_jax import metrics as metrics_lib
 from mentor_jax import progress as progress_lib
 from mentor_jax import registry
@@ -153,12 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   compilation_cache.enable(config.get('compile_cache', 'auto'))
   # Scale-out (distributed.py): multi-host start-up and the device mesh,
   # before any computation. Only process 0 writes files.
-  runner = distributed.Runner.from_config(config)
-  if stack_requested(config) and runner.active:
-    raise errors.ConfigError(
-        'config.seeds / config.sweep: a stack of runs trains on one device '
-        f'for now, and this run has a mesh of {runner.mesh.size} devices; '
-        'set --config.mesh_shape=1 (or run the seeds separately).')
+  runner = (_stack_runner(config) if stack_requested(config)
+            else distributed.Runner.from_config(config))
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with contextlib.ExitStack() as stack:
@@ -166,6 +163,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       # One trainer per workdir: a second one is refused, naming the first.
       stack.enter_context(workdir_lib.Lock(workdir))
     return _train_locked(config, workdir, runner)
+
+
+def _stack_runner(config: ml_collections.ConfigDict) -> distributed.Runner:
+  """A stack's devices: one, for now (a stack is not spread over a mesh).
+
+  With `mesh_shape='auto'` on a host with several devices the stack takes
+  the first and says so; asking for more devices, or several processes,
+  is refused.
+  """
+  asked = mesh_lib.device_count(config.get('mesh_shape', 'auto'))
+  if asked is not None and asked > 1:
+    raise errors.ConfigError(
+        f'config.mesh_shape={config.mesh_shape!r}: a stack of runs '
+        '(config.seeds / config.sweep) trains on one device for now; set '
+        '--config.mesh_shape=1 (or leave it auto), or run the seeds '
+        'separately to use several devices.')
+  distributed.initialize(config)
+  if jax.process_count() > 1:
+    raise errors.ConfigError(
+        'config.seeds / config.sweep: a stack of runs trains in one '
+        f'process for now, and this job has {jax.process_count()}; run it '
+        'on one host.')
+  if asked is None and len(jax.devices()) > 1:
+    logging.warning('a stack of runs trains on one device for now: %s, the '
+                    'first of %d (--config.mesh_shape=1 says so and silences '
+                    'this)', jax.devices()[0], len(jax.devices()))
+  return distributed.Runner.from_config(config, mesh_shape=1)
 
 
 def _books(runs, config, workdir: pathlib.Path, ckpt, state, evaluator,
@@ -181,8 +205,11 @@ def _books(runs, config, workdir: pathlib.Path, ckpt, state, evaluator,
   for spec, run_config in zip(runs.specs, runs.configs):
     directory = workdir / rundirs.RUNS_DIR / str(spec.index)
     directory.mkdir(parents=True, exist_ok=True)
+    # Its best steps are pruned against the stack's latest steps, the
+    # ones a resume reads.
     run_ckpt = closing.enter_context(contextlib.closing(
-        checkpointing.Checkpointer(directory / 'checkpoints')))
+        checkpointing.Checkpointer(directory / 'checkpoints',
+                                   latest_of=ckpt)))
     books.append(runbook.RunBook(run_config, signature, directory, run_ckpt,
                                  evaluator, chief))
   return books
@@ -223,6 +250,17 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       logging.info('resuming %s from %s after epoch %d%s', runs.label,
                    latest, last_epoch, f'; changed settings: {changed}'
                    if changed else '')
+      # One rule for single runs and stacks: a setting that changes what
+      # an epoch computes is said and recorded with the first epoch it
+      # applies to (result.json 'changed_settings'); config.json holds the
+      # new values.
+      changed = config_spec.config_changes(
+          meta['config'], config, ignore=config_spec.NOT_RESULT_KEYS)
+      if changed:
+        logging.warning('changed settings from epoch %d on: %s',
+                        last_epoch + 1, changed)
+        for book in books:
+          book.record_change(last_epoch + 1, changed)
     # Only now that a resume (if any) is accepted: a refused one must not
     # have replaced the run's record of its settings.
     if stacked and chief:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -109,6 +110,15 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
   out = folder.parent / 'tiny.npz'
   convert.convert(folder, out)
   return out
+
+
+@pytest.fixture
+def data_root(tiny_dataset: Path, tmp_path: Path) -> Path:
+  """A MENTOR_DATA_ROOT holding tiny's data where configs/tiny.py says."""
+  root = tmp_path / 'data_root'
+  (root / 'data').mkdir(parents=True)
+  shutil.copy(tiny_dataset, root / 'data' / 'tiny.npz')
+  return root
 
 
 def prepare_tiktok_slice(shared: Path, folder: Path, n_users: int) -> Path:

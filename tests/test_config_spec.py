@@ -42,7 +42,7 @@ def _config(**overrides):
     ('temp', 0.0, '> 0'),
     ('fusion', 'beta', "one of ('per_user', 'alpha')"),
     ('spmm_kernel', 'dense', "one of ('auto'"),
-    ('mesh_shape', 'all', '1-tuple'),
+    ('mesh_shape', 'all', "'auto', n >= 1 or (n,)"),
     ('align_levels', (4,), 'values from (1, 2, 3)'),
     ('seed', -3, 'integers >= 0'),
     ('eval_embeddings', 'best', "one of ('last_step', 'recompute')"),

@@ -70,15 +70,6 @@ def _screen(raw: str) -> list[str]:
   return lines + ([line] if line else [])
 
 
-@pytest.fixture
-def data_root(tiny_dataset, tmp_path):
-  """A MENTOR_DATA_ROOT holding tiny's data where configs/tiny.py says."""
-  root = tmp_path / 'data_root'
-  (root / 'data').mkdir(parents=True)
-  shutil.copy(tiny_dataset, root / 'data' / 'tiny.npz')
-  return root
-
-
 def test_training_in_a_terminal_from_another_folder(data_root, tmp_path):
   cwd = tmp_path / 'elsewhere'
   cwd.mkdir()
