@@ -30,6 +30,19 @@ EXIT_OS_ERROR = 1
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
+def seed_arg(text: str) -> int:
+  """A seed numpy's and pandas' generators take: an integer in [0, 2**32)."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f'expected an integer seed, found {text!r}') from None
+  if not 0 <= value < 2**32:
+    raise argparse.ArgumentTypeError(
+        f'expected a seed in [0, 2**32), found {text}')
+  return value
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m data_prep')
   common = argparse.ArgumentParser(add_help=False)
@@ -46,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
   c.add_argument('--t-feat', default='text_feat.npy',
                  help='second modality, e.g. audio_feat.npy for TikTok')
   c.add_argument('--knn-k', type=int, default=40)
-  c.add_argument('--synth-features', type=int, metavar='SEED',
+  c.add_argument('--synth-features', type=seed_arg, metavar='SEED',
                  help='generate seeded random features for missing files')
   c.add_argument('--synth-dims', type=int, nargs=2, metavar=('DV', 'DT'),
                  default=list(convert_lib.PAPER_DIMS))
@@ -57,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                  default='tiny')
   s.add_argument('--out', required=True, help='output folder')
   s.add_argument('--name', help='dataset name (default: folder name)')
-  s.add_argument('--seed', type=int, default=0)
+  s.add_argument('--seed', type=seed_arg, default=0)
   s.add_argument('--scale', type=float, default=1.0,
                  help='multiplies users and interactions')
   for f in ('users', 'items', 'interactions', 'dim-v', 'dim-t'):
@@ -91,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
   i.add_argument('--split', choices=importer.SPLITS, default='random',
                  help="random: MMRec's seeded per-user rule; time: per user "
                  'by timestamp; given: keep the source split')
-  i.add_argument('--seed', type=int, default=2024,
+  i.add_argument('--seed', type=seed_arg, default=2024,
                  help='random_state of the random split')
   i.add_argument('--keep-duplicates', action='store_true',
                  help='keep repeated (user, item) rows (default: first only)')

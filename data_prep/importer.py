@@ -142,7 +142,14 @@ def _load(path: Path, sep: str, quoting: int, typed: bool) -> pd.DataFrame:
           f'{path}: expected RecBole atomic headers name:type (e.g. '
           f'user_id:token), found {list(df.columns)}; for a plain table use '
           '--format csv, for an MMRec .inter --format mmrec')
-    df.columns = [c.partition(':')[0] for c in df.columns]
+    names = [c.partition(':')[0] for c in df.columns]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+      typed_as = [c for c in df.columns if c.partition(':')[0] == twice[0]]
+      raise DataError(
+          f'{path}: header line: expected distinct field names, found '
+          f'{twice[0]!r} more than once ({", ".join(typed_as)})')
+    df.columns = names
   return df
 
 

@@ -303,6 +303,12 @@ BAD_IMPORTS = {
                            r'r\.csv: cannot parse .*line 2'),
     'repeated_header': ('csv', 'r.csv', 'user_id,item_id,user_id\n1,2,3\n',
                         [], r"r\.csv: header line: .*'user_id' more than"),
+    # The same field with two types: distinct raw names, one field.
+    'recbole_field_twice': (
+        'recbole', 'x.inter',
+        'user_id:token\titem_id:token\titem_id:float\n1\t2\t3\n', [],
+        r"x\.inter: header line: .*'item_id' more than once "
+        r'\(item_id:token, item_id:float\)'),
 }
 
 
@@ -368,3 +374,21 @@ def test_readme_data_prep_commands_parse():
   parser = cli._parser()  # pylint: disable=protected-access
   for command in commands:
     parser.parse_args(shlex.split(command))
+
+
+@pytest.mark.parametrize('command', [
+    ['import', '--format', 'csv', '--src', 'r.csv', '--out', 'o', '--seed'],
+    ['synth', '--out', 'o', '--seed'],
+    ['convert', '--src', 's', '--out', 'o.npz', '--synth-features']])
+@pytest.mark.parametrize('seed', ['-1', str(2**32), '9' * 30, '1.5'])
+def test_a_seed_numpy_cannot_take_is_refused(command, seed, tmp_path,
+                                             capsys):
+  # Paths in tmp_path: nothing may be written elsewhere if a check fails.
+  command = [str(tmp_path / a) if a in ('r.csv', 'o', 's', 'o.npz') else a
+             for a in command]
+  with pytest.raises(SystemExit) as e:
+    cli.main([*command, seed])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert 'Traceback' not in err
+  assert re.search(r'error: argument --(seed|synth-features): expected', err)
