@@ -61,10 +61,8 @@ def load_side(workdirs: Sequence[pathlib.Path]) -> list[dict[str, Any]]:
           '(or is still running); --compare needs finished runs')
     entries = top['runs'] if 'runs' in top else [top]
     for d, entry in zip(rundirs.run_dirs(workdir), entries):
-      config_path = d / 'config.json'
-      if not config_path.exists():
-        raise errors.ResultFileError(f'{config_path} not found')
-      runs.append({'dir': d, 'config': json.loads(config_path.read_text()),
+      runs.append({'dir': d,
+                   'config': rundirs.read_json_object(d / 'config.json'),
                    'result': entry, 'source': workdir / 'result.json'})
   return runs
 

@@ -126,4 +126,3 @@ class CacheStats:
       return (f'{self.hits} of {self.requests} programs from the '
               'compilation cache')
     return 'not in the compilation cache yet'
-

@@ -48,14 +48,7 @@ def read_result(workdir: str | pathlib.Path) -> dict[str, Any] | None:
   path = pathlib.Path(workdir) / 'result.json'
   if not path.exists():
     return None
-  try:
-    result = json.loads(path.read_text())
-  except ValueError as e:
-    raise errors.ResultFileError(f'{path}: not valid JSON ({e})') from e
-  if not isinstance(result, dict):
-    raise errors.ResultFileError(f'{path}: expected a JSON object, found '
-                                 f'{type(result).__name__}')
-  return result
+  return read_json_object(path)
 
 
 def is_stack(workdir: str | pathlib.Path) -> bool:
