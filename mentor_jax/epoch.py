@@ -83,10 +83,10 @@ def init_state(model: nnx.Module, family: family_lib.ModelFamily,
   return graphdef, rest, state
 
 
-def _context(graphdef, rest, data, family, hp, aux=None
+def _context(graphdef, rest, data, family, hp, aux=None, epoch=None
              ) -> family_lib.EpochContext:
   return family_lib.EpochContext(family, graphdef, rest, data, hp,
-                                 family.make_optimizer(hp), aux)
+                                 family.make_optimizer(hp), aux, epoch)
 
 
 def begin_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
@@ -97,13 +97,15 @@ def begin_epoch(state: TrainState, rest: Any, data: data_lib.DeviceData, *,
   batch_key, setup_key, steps_key = jax.random.split(epoch_key, 3)
   batches = family.epoch_batches(batch_key, data, hp)
   batches = mesh_lib.constrain_batch(batches)  # No-op on one device.
-  ctx = _context(graphdef, rest, data, family, hp)
+  n_steps = jax.tree.leaves(batches)[0].shape[0]
+  # Every epoch has the same (static) number of steps.
+  ctx = _context(graphdef, rest, data, family, hp,
+                 epoch=state.step // n_steps)
   start = family.epoch_setup(ctx, state.params, state.opt_state, setup_key)
   # The buffers the steps fill: shapes of one step's outputs.
   out = jax.eval_shape(lambda: family.train_step(
       ctx._replace(aux=start.aux), start.params, start.opt_state,
       jax.tree.map(lambda x: x[0], batches), steps_key, 0))
-  n_steps = jax.tree.leaves(batches)[0].shape[0]
   zeros = lambda s, *lead: jnp.zeros(lead + s.shape, s.dtype)
   return Epoch(
       TrainState(start.params, start.opt_state, key, state.step), batches,
@@ -117,7 +119,9 @@ def run_steps(epoch: Epoch, rest: Any, data: data_lib.DeviceData,
               family: family_lib.ModelFamily,
               hp: family_lib.TrainHparams) -> Epoch:
   """Steps [start, stop) of `epoch` (before jit); bounds are traced."""
-  ctx = _context(graphdef, rest, data, family, hp, epoch.aux)
+  n_steps = jax.tree.leaves(epoch.batches)[0].shape[0]
+  ctx = _context(graphdef, rest, data, family, hp, epoch.aux,
+                 (epoch.state.step - start) // n_steps)
 
   def one_step(index, carry):
     params, opt_state, parts, _ = carry

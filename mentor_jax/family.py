@@ -82,6 +82,9 @@ class EpochContext(NamedTuple):
     hp: the static settings (traced values for a swept field of a stack).
     tx: `family.make_optimizer(hp)`.
     aux: what `epoch_setup` built for this epoch (None by default).
+    epoch: this epoch's index from 0 (int32, traced), counted from the
+      optimizer steps taken, so a resumed run goes on counting; for hooks
+      that change with the epoch (LayerGCN alternates its edge sampling).
   """
 
   family: 'ModelFamily'
@@ -91,6 +94,7 @@ class EpochContext(NamedTuple):
   hp: TrainHparams
   tx: optax.GradientTransformation
   aux: Any = None
+  epoch: Any = None
 
   def model(self, params: Any) -> nnx.Module:
     return nnx.merge(self.graphdef, params, self.rest)

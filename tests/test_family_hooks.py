@@ -182,7 +182,8 @@ def toy_batches(key, data, hp):
 
 def toy_setup(ctx, params, opt_state, key):
   """A phase before the steps (plain SGD on the critic) and a per-epoch
-  user mask as `aux`."""
+  user mask as `aux` on even epochs (all users on odd ones); the epoch's
+  index is logged as a part."""
   phase_key, mask_key = jax.random.split(key)
 
   def phase_loss(p, k):
@@ -199,9 +200,10 @@ def toy_setup(ctx, params, opt_state, key):
 
   params, values = jax.lax.scan(one, params, jnp.arange(ctx.hp.phase_steps))
   n_users = ctx.data.train_indptr.shape[0] - 1
-  aux = jax.random.bernoulli(mask_key, 0.5, (n_users,)).astype(jnp.float32)
-  return family.EpochStart(params, opt_state, aux=aux,
-                           parts={'phase': values})
+  aux = jnp.where(ctx.epoch % 2 == 0, jax.random.bernoulli(
+      mask_key, 0.5, (n_users,)).astype(jnp.float32), 1.0)
+  return family.EpochStart(params, opt_state, aux=aux, parts={
+      'phase': values, 'epoch': jnp.full(values.shape, ctx.epoch, float)})
 
 
 def _critic_loss(model, batch, key, hp):
@@ -290,7 +292,7 @@ def _by_hand(state, rest, data, graphdef, hp):
   batch_key, setup_key, steps_key = jax.random.split(epoch_key, 3)
   batches = toy_batches(batch_key, data, hp)
   ctx = family.EpochContext(TOY, graphdef, rest, data, hp,
-                            toy_optimizer(hp))
+                            toy_optimizer(hp), epoch=state.step // 4)
   start = toy_setup(ctx, state.params, state.opt_state, setup_key)
   ctx = ctx._replace(aux=start.aux)
   params, opt_state, parts = start.params, start.opt_state, []
@@ -317,7 +319,7 @@ def test_toy_epoch_equals_the_contract_by_hand(toy, tiny_dataset):
                   jax.tree.leaves((params, opt_state))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                atol=1e-6)
-  assert set(parts) == {'phase', 'critic', 'bpr', 'adv'}
+  assert set(parts) == {'phase', 'epoch', 'critic', 'bpr', 'adv'}
   np.testing.assert_allclose(parts['phase'], setup_parts['phase'], rtol=1e-5)
   np.testing.assert_allclose(parts['critic'],
                              [p['critic'] for p in step_parts], rtol=1e-5)
@@ -343,7 +345,9 @@ def test_toy_trains_stacks_and_resumes(toy, tiny_dataset, tmp_path):
     b = rundirs.read_metrics(workdir)
     assert [r['epoch'] for r in a] == [r['epoch'] for r in b] == [0, 1]
     for x, y in zip(a, b):
-      assert set(x['loss']) == {'phase', 'critic', 'bpr', 'adv'}
+      assert set(x['loss']) == {'phase', 'epoch', 'critic', 'bpr', 'adv'}
+      # The epoch index counts on across the resume (the masks alternate).
+      assert x['loss']['epoch'] == y['loss']['epoch'] == x['epoch']
       for name, value in x['loss'].items():
         assert math.isfinite(value)
         assert value == pytest.approx(y['loss'][name], rel=1e-4, abs=1e-7)
