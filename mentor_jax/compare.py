@@ -45,7 +45,8 @@ def load_side(workdirs: Sequence[pathlib.Path]) -> list[dict[str, Any]]:
   Returns:
     Per run: {'dir' (the run's folder), 'config', 'result' (its single-run
     result: 'valid', 'test', ...), 'source' (the result.json it came
-    from)}.
+    from), 'data_sha256' (the dataset's digest; None in runs from before
+    result.json recorded it)}.
 
   Raises:
     UserError: a workdir is missing or has not finished (no result.json).
@@ -63,8 +64,29 @@ def load_side(workdirs: Sequence[pathlib.Path]) -> list[dict[str, Any]]:
     for d, entry in zip(rundirs.run_dirs(workdir), entries):
       runs.append({'dir': d,
                    'config': rundirs.read_json_object(d / 'config.json'),
-                   'result': entry, 'source': workdir / 'result.json'})
+                   'result': entry, 'source': workdir / 'result.json',
+                   'data_sha256': top.get('data_sha256')})
   return runs
+
+
+def check_same_data(runs: dict[str, list[dict[str, Any]]]) -> None:
+  """Refuses two datasets that share a name but not their content.
+
+  Raises:
+    UserError: the runs' result.json files record different data digests.
+  """
+  digests = {}
+  for side, side_runs in runs.items():
+    for run in side_runs:
+      if run['data_sha256'] is not None:
+        digests.setdefault(run['data_sha256'], (side, run['source']))
+  if len(digests) > 1:
+    (d1, (s1, f1)), (d2, (s2, f2)) = list(digests.items())[:2]
+    raise errors.UserError(
+        f'the runs compared are on two datasets of the same name but '
+        f'different content: {f1} (side {s1}) records data_sha256 '
+        f'{d1[:12]}…, {f2} (side {s2}) {d2[:12]}…; the paired tests would '
+        'pair unrelated users. Compare runs on one dataset file')
 
 
 def _runs(n: int) -> str:
@@ -99,6 +121,7 @@ def compare(side_a: Sequence[pathlib.Path], side_b: Sequence[pathlib.Path],
         f'the runs compared are on different datasets (A: '
         f'{", ".join(map(str, datasets["A"]))}; B: '
         f'{", ".join(map(str, datasets["B"]))}): compare runs on one dataset')
+  check_same_data(runs)
   values = {}
   for name, side in runs.items():
     for run in side:

@@ -393,8 +393,11 @@ def _finish(config, workdir: pathlib.Path, runs, books, signals,
   stacked = not isinstance(runs, SingleRun)
   ks = console.log_ks(config.topk)
   results = [b.result() for b in books]
+  # The dataset's content digest, so that `report --compare` can tell two
+  # datasets of the same name apart.
+  digest = {'data_sha256': books[0].signature['data_sha256']}
   if not stacked:
-    out = dict(results[0], epochs_run=last_epoch + 1)
+    out = dict(results[0], epochs_run=last_epoch + 1, **digest)
   else:
     finished = [r for r in results if r['best_epoch'] >= 0]
     out = {'runs': [dict(r, run=s.index, seed=s.seed, overrides=s.overrides)
@@ -402,7 +405,7 @@ def _finish(config, workdir: pathlib.Path, runs, books, signals,
            # Over the runs that reached a best epoch (not one that
            # diverged in its first epoch).
            'summary': stats.summary_of_runs(finished) if finished else {},
-           'epochs_run': last_epoch + 1}
+           'epochs_run': last_epoch + 1, **digest}
   if signals.signum:
     logging.warning('%s: stopped after epoch %d; the checkpoint is in %s. '
                     'Run the same command again to resume.', signals.name,

@@ -319,6 +319,23 @@ def test_compare_refuses_bad_input_naming_the_file(tmp_path, capsys):
   _write_run(other, seed=0, dataset='baby')
   assert report.main(['--compare', str(a), str(other), '--no-paired']) == 1
   assert 'different datasets (A: tiny; B: baby)' in capsys.readouterr().err
+  # Another dataset of the same name: the digests in result.json differ.
+  same_name = tmp_path / 'same_name'
+  _write_run(same_name, seed=0)
+  result = json.loads((same_name / 'result.json').read_text())
+  (same_name / 'result.json').write_text(
+      json.dumps(dict(result, data_sha256='f' * 64)))
+  assert report.main(['--compare', str(a), str(same_name)]) == 0  # a: none
+  capsys.readouterr()
+  for run in (a / 'result.json', b / 'result.json'):
+    result = json.loads(run.read_text())
+    run.write_text(json.dumps(dict(result, data_sha256='e' * 64)))
+  assert report.main(['--compare', str(a), str(b), '--no-paired']) == 0
+  capsys.readouterr()
+  assert report.main(['--compare', str(a), str(same_name)]) == 1
+  err = capsys.readouterr().err
+  assert 'same name but different content' in err
+  assert str(same_name / 'result.json') in err and 'Traceback' not in err
   # Not finished.
   open_ = tmp_path / 'open'
   _write_run(open_, seed=0, finished=False)

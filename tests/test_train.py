@@ -83,6 +83,8 @@ def test_same_seed_same_metrics(tiny_dataset, tmp_path):
   a = train.train_and_evaluate(config, tmp_path / 'a')
   b = train.train_and_evaluate(config, tmp_path / 'b')
   assert a == b
+  # result.json names the data by content (report --compare checks it).
+  assert a['data_sha256'] == data_lib.load_dataset(tiny_dataset).digest
   config.seed = 1
   c = train.train_and_evaluate(config, tmp_path / 'c')
   assert c['valid'] != a['valid']
