@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import logging as absl_logging
+
+from mentor_jax import errors
 
 
 class _DropBackendProbe(logging.Filter):
@@ -52,19 +54,49 @@ class _Formatter(logging.Formatter):
     return f'{stamp} ' + text.replace('\n', '\n' + ' ' * (len(stamp) + 1))
 
 
-class _OrbaxInfoFilter(logging.Filter):
-  """Drops Orbax's INFO records (several lines per save) from absl's log."""
+class _OrbaxFilter(logging.Filter):
+  """Drops Orbax's INFO records (several lines per save) from absl's log,
+  and its errors about a full disk: each comes with a library traceback
+  (300-700 lines in all for one failed save), and the command ends with
+  one `error: no space left writing ...` line that says what to do."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return (record.levelno >= logging.WARNING
-            or '/orbax/' not in record.pathname.replace('\\', '/'))
+    from_orbax = '/orbax/' in record.pathname.replace('\\', '/')
+    if from_orbax and record.levelno < logging.WARNING:
+      return False
+    # asyncio reports the failed writes of Orbax's event loop too.
+    if from_orbax or record.name == 'asyncio':
+      exc = record.exc_info[1] if record.exc_info else None
+      return (errors.no_space_error(RuntimeError(record.getMessage())) is None
+              and (exc is None or errors.no_space_error(exc) is None))
+    return True
+
+
+def _drop_closed_loop_noise(default: Callable[[Any], None]
+                            ) -> Callable[[Any], None]:
+  """An unraisable-exception hook without the `Event loop is closed` ones.
+
+  When one of a save's writes fails, Orbax closes its event loop while
+  tensorstore's other writes are in flight; each of their callbacks then
+  reports this RuntimeError as unraisable (a bare traceback). The failure
+  itself reaches the caller as an exception.
+  """
+  def hook(unraisable: Any) -> None:
+    if not (unraisable.exc_type is RuntimeError
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      default(unraisable)
+  hook.drops_closed_loop_noise = True
+  return hook
 
 
 def quiet_orbax_logs() -> None:
-  """Keeps the training log readable: Orbax warnings stay, chatter goes."""
+  """Keeps the training log readable: Orbax warnings stay, chatter and
+  full-disk tracebacks go (idempotent)."""
   handler = absl_logging.get_absl_handler()
-  if not any(isinstance(f, _OrbaxInfoFilter) for f in handler.filters):
-    handler.addFilter(_OrbaxInfoFilter())
+  if not any(isinstance(f, _OrbaxFilter) for f in handler.filters):
+    handler.addFilter(_OrbaxFilter())
+  if not getattr(sys.unraisablehook, 'drops_closed_loop_noise', False):
+    sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
 
 
 def setup_logging() -> None:

@@ -161,6 +161,7 @@ def run_config_command(main: Callable[[list[str]], Any]) -> None:
 
   def main_with_console(argv):
     console.setup_logging()
+    console.quiet_orbax_logs()  # train and grid write checkpoints
     error = model_override_error(
         config_flags.get_config_filename(FLAGS['config']),
         config_flags.get_override_values(FLAGS['config']), typed)
@@ -209,7 +210,6 @@ def main(argv):
   del argv
   config = FLAGS.config
   workdir = FLAGS.workdir or f'runs/{config.dataset}'
-  console.quiet_orbax_logs()
 
   def run() -> int:
     result = train.train_and_evaluate(config, workdir)
