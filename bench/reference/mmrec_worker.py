@@ -81,7 +81,10 @@ from bench.reference import torch_shims  # pylint: disable=g-import-not-at-top
 LOGGED_METRICS = ('recall@10', 'recall@20', 'ndcg@10', 'ndcg@20')
 # Models that read the feature files (BPR.yaml and LightGCN.yaml set
 # is_multimodal_model False).
-ID_ONLY = ('mfbpr', 'lightgcn')
+ID_ONLY = ('mfbpr', 'lightgcn', 'layergcn')
+# DualGNN's user graph (preprocessing/dualgnn-gen-u-u-matrix.py writes it
+# into the dataset folder; its dataset yamls name it so).
+USER_GRAPH_FILE = 'user_graph_dict.npy'
 
 
 class UsageError(ValueError):
@@ -121,6 +124,9 @@ def layout(folder: pathlib.Path, name: str, v_feat: str, t_feat: str,
                      f'(found {header}); MMRec reads userID, itemID and the '
                      'x_label split (0 train, 1 valid, 2 test)')
   links = {f'{name}.inter': inter}
+  # DualGNN's user-user graph, MMRec's preprocessing output, if present.
+  if (folder / USER_GRAPH_FILE).is_file():
+    links[USER_GRAPH_FILE] = folder / USER_GRAPH_FILE
   for slot, fname in (('image_feat.npy', v_feat), ('text_feat.npy', t_feat)):
     src = folder / fname
     if src.is_file():
@@ -206,6 +212,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   shims += [f'np.{a}' for a in torch_shims.restore_numpy_aliases()]
   if torch_shims.restore_dok_update():
     shims.append('dok_matrix._update')
+  if model_name == 'dualgnn' and not (folder / USER_GRAPH_FILE).is_file():
+    raise UsageError(f'{folder / USER_GRAPH_FILE} not found: MMRec\'s DualGNN '
+                     'reads it; make it with MMRec\'s preprocessing/'
+                     'dualgnn-gen-u-u-matrix.py')
 
   root = layout(folder, name, args.v_feat, args.t_feat,
                 need_features=model_name not in ID_ONLY, scratch=args.scratch)
@@ -231,6 +241,7 @@ def _run_in_checkout(args, model_name, name, root, sets, on_gpu, shims, np,
 
   settings = dict(mmrec_settings.CELLS[model_name], **sets)
   config_dict = dict(mmrec_settings.DATASET_KEYS,
+                     user_graph_dict_file=USER_GRAPH_FILE,
                      inter_file_name=f'{name}.inter',
                      data_path=str(root) + os.sep, gpu_id=0, use_gpu=on_gpu,
                      **settings)
@@ -242,7 +253,12 @@ def _run_in_checkout(args, model_name, name, root, sets, on_gpu, shims, np,
       fit_loop.quick_start_loaders(config, utils))
   init_seed(config['seed'])
   train_data.pretrain_setup()
+  if model_name == 'layergcn' and torch_shims.alias_package(
+      'models.common', 'common'):
+    shims.append('models.common -> common (LayerGCN\'s ImRec import path)')
   model = get_model(config['model'])(config, train_data).to(config['device'])
+  if torch_shims.unregister_result_embeds(model):
+    shims.append('result_embed unregistered (as .to(cuda) does)')
   trainer = get_trainer()(config, model)
   setup_s = time.perf_counter() - t0
   rss_after_setup = torch_shims.ru_maxrss_gib()

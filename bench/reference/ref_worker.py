@@ -8,7 +8,8 @@ is modified. In this process only (the shared shims are in torch_shims.py):
   branch calls `.cuda()` unconditionally (MENTOR_SPEC §0.1 item 11), which is
   the only thing that stops the official code from running on a CPU;
 * the `result_embed*` caches are unregistered as parameters, which is what
-  `.to('cuda')` does implicitly on a GPU (see `_unregister_result_embeds`);
+  `.to('cuda')` does implicitly on a GPU
+  (`torch_shims.unregister_result_embeds`);
 * numpy's removed aliases `np.float` etc. are restored (the official
   metrics use them; it targets numpy < 1.24);
 * modules the official code imports but never uses on the training and
@@ -55,23 +56,6 @@ FIRST_CELL = {'learning_rate': 1e-4, 'reg_weight': 1e-3, 'dropout': 0.5,
               'align_weight': 0.1, 'temp': 0.2, 'seed': 999}
 
 
-def _unregister_result_embeds(model) -> None:
-  """Makes the `result_embed*` caches plain tensors, as they are on a GPU.
-
-  The constructor builds them as `nn.Parameter(...).to(self.device)`. On a
-  GPU `.to('cuda')` returns a plain (non-Parameter) copy, so they are
-  ordinary attributes, outside `model.parameters()` and the optimizer, and
-  `forward` may assign tensors to them. On a CPU `.to('cpu')` returns the
-  Parameter itself, which registers it, and the first `forward` fails with
-  "cannot assign 'torch.FloatTensor' as parameter 'result_embed'". This is a
-  second CPU-only failure beside `.cuda()`; undoing the registration before
-  the optimizer is built reproduces the GPU behaviour exactly.
-  """
-  params = model._parameters  # pylint: disable=protected-access
-  for name in [n for n in params if n.startswith('result_embed')]:
-    setattr(model, name, params.pop(name).detach())
-
-
 def run(args: argparse.Namespace) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
@@ -106,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
   train_data.pretrain_setup()
   model = get_model(config['model'])(config, train_data).to(config['device'])
   if not on_gpu:
-    _unregister_result_embeds(model)
+    torch_shims.unregister_result_embeds(model)
   trainer = get_trainer()(config, model)
   setup_s = time.perf_counter() - t0
   sync = torch.cuda.synchronize if on_gpu else (lambda: None)

@@ -9,6 +9,7 @@ the calling process only; the checkouts themselves are never modified.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import resource
 import sys
 import types
@@ -107,6 +108,44 @@ def restore_dok_update() -> bool:
   def _update(self, data):
     self._dict.update(data)  # pylint: disable=protected-access
   sp.dok_matrix._update = _update  # pylint: disable=protected-access
+  return True
+
+
+def unregister_result_embeds(model) -> bool:
+  """Makes the `result_embed*` caches plain tensors, as they are on a GPU.
+
+  The constructor builds them as `nn.Parameter(...).to(self.device)`. On a
+  GPU `.to('cuda')` returns a plain (non-Parameter) copy, so they are
+  ordinary attributes, outside `model.parameters()` and the optimizer, and
+  `forward` may assign tensors to them. On a CPU `.to('cpu')` returns the
+  Parameter itself, which registers it, and the first `forward` fails with
+  "cannot assign 'torch.FloatTensor' as parameter 'result_embed'". This is a
+  second CPU-only failure beside `.cuda()`; undoing the registration before
+  the optimizer is built reproduces the GPU behaviour exactly.
+
+  Returns True if a cache was registered (MENTOR, MMRec's DualGNN on a CPU).
+  """
+  params = model._parameters  # pylint: disable=protected-access
+  names = [n for n in params if n.startswith('result_embed')]
+  for name in names:
+    setattr(model, name, params.pop(name).detach())
+  return bool(names)
+
+
+def alias_package(alias: str, target: str) -> bool:
+  """Makes `import alias.x` import `target.x` (for a stale import path).
+
+  MMRec's LayerGCN imports `models.common.abstract_recommender`, a path
+  left over from ImRec, where MMRec has `common.abstract_recommender`; the
+  alias gives it MMRec's own modules. Returns True if it was added.
+  """
+  if alias in sys.modules:
+    return False
+  module = importlib.import_module(target)
+  sys.modules[alias] = module
+  for sub in pkgutil.iter_modules(module.__path__):
+    sys.modules[f'{alias}.{sub.name}'] = importlib.import_module(
+        f'{target}.{sub.name}')
   return True
 
 
