@@ -50,6 +50,28 @@ _META_INTS = {'n_users': 1, 'n_items': 1, 'n_train': 1, 'n_valid': 1,
               'n_test': 1, 'n_cold_start_dropped': 0, 'knn_k': 1}
 
 
+# Item features must stay below this magnitude: beyond it the float32
+# sums of squares of a row (norms, cosine kNN, the models' projections)
+# overflow to inf for a few thousand columns, and a row dominated by one huge
+# entry makes every cosine 1.0 (kNN lists in id order).
+MAX_FEATURE_MAGNITUDE = 1e15
+
+
+def feature_magnitude_problem(x: np.ndarray) -> str | None:
+  """What is wrong with finite features `x` [I, d], or None."""
+  if not x.size:
+    return None
+  flat = int(np.argmax(np.abs(x)))
+  r, c = divmod(flat, x.shape[1])
+  if abs(float(x[r, c])) < MAX_FEATURE_MAGNITUDE:
+    return None
+  big = int((np.abs(x) >= MAX_FEATURE_MAGNITUDE).any(axis=1).sum())
+  return (f'value {float(x[r, c]):.3g} in row {r} (itemID {r}), column {c}; '
+          f'{big} rows hold values of magnitude >= {MAX_FEATURE_MAGNITUDE:g}. '
+          'Features must be below that: float32 norms and products overflow '
+          'beyond it. Rescale them (e.g. divide by a constant)')
+
+
 class DataError(ValueError):
   """Bad input data or a .npz that does not match the format."""
 
@@ -298,6 +320,10 @@ def _check_arrays(path: Path, a: dict[str, np.ndarray],
     if meta[key]['dim'] != x.shape[1]:
       fail(key, f"dim {meta[key]['dim']} (meta)", f'shape {x.shape}')
     check_finite(key, x)
+    problem = feature_magnitude_problem(x)
+    if problem:
+      fail(key, f'values below {MAX_FEATURE_MAGNITUDE:g} in magnitude',
+           problem)
   n_train = meta['n_train']
   train_user = check('train_user', np.int32, 1, n_train)
   check_range('train_user', train_user, n_users)

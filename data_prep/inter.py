@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.format import DataError
+from data_prep.format import feature_magnitude_problem
 
 COLUMNS = ('userID', 'itemID', 'x_label')
 SPLIT_NAMES = ('train', 'valid', 'test')
@@ -227,8 +228,9 @@ def read_features(path: str | os.PathLike, n_items: int) -> np.ndarray:
 
   Raises:
     DataError: missing, empty or non-.npy file (a .npz included), not a 2-d
-      real array, zero columns, wrong row count, or a NaN/inf value (also
-      after the cast: float64 values beyond float32 range).
+      real array, zero columns, wrong row count, a NaN/inf value (also
+      after the cast: float64 values beyond float32 range), or a value of
+      magnitude >= format.MAX_FEATURE_MAGNITUDE.
   """
   path = Path(path)
   if path.is_dir():
@@ -263,4 +265,7 @@ def read_features(path: str | os.PathLike, n_items: int) -> np.ndarray:
     r = int(np.argmin(finite))
     raise DataError(f'{path}: NaN or inf in row {r} (itemID {r}); '
                     f'{int((~finite).sum())} bad rows in total')
+  problem = feature_magnitude_problem(x)
+  if problem:
+    raise DataError(f'{path}: {problem}')
   return x

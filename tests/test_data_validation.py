@@ -106,6 +106,13 @@ CONVERT_CASES = {
     'float64_beyond_float32': (
         _feature_file(lambda p: np.save(p, FEAT.astype(np.float64) * 1e300)),
         [], r'image_feat\.npy: NaN or inf in row 0'),
+    # One near-float32-max entry per row: every cosine rounds to 1.0 and
+    # every kNN list came out as items 0..k-1.
+    'features_near_float32_max': (
+        _feature_file(lambda p: np.save(
+            p, np.concatenate([np.full((5, 1), 3e38, np.float32), FEAT], 1))),
+        [], r'image_feat\.npy: value 3e\+38 in row 0 \(itemID 0\), column 0; '
+        r'5 rows hold values of magnitude >= 1e\+15'),
 }
 
 
@@ -171,6 +178,9 @@ LOADER_CASES = [
      r'feat_v: expected finite values, found 1 NaN/inf, the first at index '
      r'\(1, 1\)'),
     (_set('feat_t', (4, 0), np.inf), r'feat_t: expected finite values'),
+    (_set('feat_v', (2, 1), 3e38),
+     r'feat_v: expected values below 1e\+15 in magnitude, found value '
+     r'3e\+38 in row 2 \(itemID 2\), column 1; 1 rows hold'),
     (_set('adj_values', 0, np.nan), r'adj_values: expected finite values'),
     (_set('adj_values', 3, 2.0), r'adj_values: expected values in \(0, 1\]'),
     (lambda a, m: (a.update(feat_v=np.zeros((5, 0), np.float32)),
