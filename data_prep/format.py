@@ -59,7 +59,9 @@ MAX_FEATURE_MAGNITUDE = 1e15
 
 def feature_magnitude_problem(x: np.ndarray) -> str | None:
   """What is wrong with finite features `x` [I, d], or None."""
-  if not x.size:
+  # max/min first: no [I, d] temporary for the (usual) good case.
+  if not x.size or -MAX_FEATURE_MAGNITUDE < x.min() <= x.max() < (
+      MAX_FEATURE_MAGNITUDE):
     return None
   flat = int(np.argmax(np.abs(x)))
   r, c = divmod(flat, x.shape[1])
