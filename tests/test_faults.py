@@ -299,3 +299,47 @@ def test_output_files_are_never_overwritten_unasked(tmp_path):
   assert path.read_text() == 'new'
   with pytest.raises(errors.OutputExistsError, match='folder'):
     workdir_lib.write_output(tmp_path, 'x', overwrite=True)
+
+
+def _grid_cmd(workdir, npz):
+  return [sys.executable, '-m', 'mentor_jax.grid', '--config',
+          'configs/tiny.py:lightgcn', f'--workdir={workdir}', '--nostack',
+          '--grid', 'reg_weight=0.001,0.01', '--config.epochs=6',
+          f'--config.data_npz={npz}']
+
+
+def _kill_when(proc, metrics: pathlib.Path, min_lines: int, timeout=300):
+  """SIGKILL `proc` once `metrics` has `min_lines` epochs logged."""
+  deadline = time.monotonic() + timeout
+  while not (metrics.is_file() and
+             metrics.read_text().count('\n') >= min_lines):
+    if proc.poll() is not None:
+      pytest.fail(f'the grid exited ({proc.returncode}) before the kill')
+    if time.monotonic() > deadline:
+      proc.kill()
+      pytest.fail(f'{metrics} did not reach {min_lines} epochs in time')
+    time.sleep(0.01)
+  proc.kill()  # No handler runs; a save may be half written.
+  proc.wait(timeout=60)
+
+
+def test_grid_killed_twice_resumes_to_the_same_summary(tiny_dataset,
+                                                       tmp_path):
+  straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+  subprocess.run(_grid_cmd(straight, tiny_dataset), cwd=REPO, check=True,
+                 capture_output=True)
+  want = json.loads((straight / 'grid_summary.json').read_text())
+  # Killed in the first cell, then (resumed) in the second one.
+  with (tmp_path / 'grid.log').open('w') as log:
+    for cell, lines in (('reg_weight=0.001', 2), ('reg_weight=0.01', 2)):
+      proc = subprocess.Popen(_grid_cmd(killed, tiny_dataset), cwd=REPO,
+                              stdout=log, stderr=subprocess.STDOUT)
+      _kill_when(proc, killed / cell / 'metrics.jsonl', lines)
+      assert not (killed / 'grid_summary.json').exists()
+  done = subprocess.run(_grid_cmd(killed, tiny_dataset), cwd=REPO,
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.loads((killed / 'grid_summary.json').read_text()) == want
+  for cell in ('reg_weight=0.001', 'reg_weight=0.01'):
+    assert (rundirs.read_result(killed / cell) ==
+            rundirs.read_result(straight / cell))
