@@ -182,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       users = parse_users(spec, restored.dataset.n_users)
     except ValueError as e:
       parser.error(str(e))
+    if args.k > restored.dataset.n_items:
+      parser.error(f'--k {args.k}: expected at most {restored.dataset.n_items}'
+                   ' (the items of this dataset)')
     (user_emb, item_emb), _ = evaluate_lib.embeddings(restored,
                                                       args.embeddings)
     items, scores = top_items(user_emb, item_emb,
