@@ -9,6 +9,7 @@ the calling process only; the checkouts themselves are never modified.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import pkgutil
 import resource
 import sys
@@ -26,6 +27,11 @@ UNUSED_MODULES = {
     'torchvision.transforms.functional': ['pad', 'resize'],
     'matplotlib': ['pyplot'],
     'matplotlib.pyplot': [],
+    # MMRec's SLMRec imports these at module level and never calls them
+    # (the one use of scatter is commented out).
+    'torch_scatter': ['scatter'],
+    'sklearn': ['cluster'],
+    'sklearn.cluster': ['KMeans'],
 }
 
 
@@ -47,6 +53,10 @@ def stub_unused_modules(stubs: dict[str, list[str]] | None = None
     if name.split('.')[0] in missing and name not in sys.modules:
       stub = types.ModuleType(name)
       stub.__path__ = []  # a package, so that `import a.b` resolves
+      # A spec without an origin: importlib.util.find_spec (torch._dynamo
+      # probes sklearn with it) accepts the stub and finds no files.
+      stub.__spec__ = importlib.machinery.ModuleSpec(name, None,
+                                                     is_package=True)
       sys.modules[name] = stub
   for name, attrs in stubs.items():
     mod = sys.modules.get(name)
