@@ -1,0 +1,156 @@
+"""Ours against MMRec's own code, curve beside curve, seeds on each side.
+
+  python bench/reference/compare_curves.py --model slmrec \
+      --ours runs/slmrec_tiktok \
+      --mmrec mmrec_slmrec_s0.log mmrec_slmrec_s1.log mmrec_slmrec_s2.log \
+      --png docs/curves/slmrec_tiktok.png --out docs/curves/slmrec_tiktok.md
+
+`--ours` is a stacked workdir (runs/<k>/metrics.jsonl, one run per seed) or
+several single-run workdirs; `--mmrec` are the logs of
+`mmrec_worker.py --epochs N --log-metrics` (their `BENCH_RESULT` line), one
+per seed. Over the epochs both sides have:
+
+* loss: the mean training loss per batch (ours: the sum of the logged
+  parts, which are means over the epoch's steps; MMRec: its epoch loss, a
+  sum over batches, / batches per epoch). Per epoch from --from-epoch on:
+  |mean ours - mean MMRec| / mean MMRec, beside MMRec's own seed spread
+  (max - min) / mean;
+* validation Recall@20 (the early-stopping metric): the mean over the last
+  --last epochs per seed, 3 values a side, and Welch's t-test over them.
+
+Writes a Markdown table (--out) and a two-panel plot (--png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from mentor_jax import rundirs  # pylint: disable=g-import-not-at-top
+from mentor_jax import stats  # pylint: disable=g-import-not-at-top
+
+METRIC = 'recall@20'
+
+
+def ours_curves(workdirs: list[pathlib.Path]) -> list[dict[str, list]]:
+  """Per run: {'loss': [...], 'valid': [...]} by epoch."""
+  out = []
+  for workdir in workdirs:
+    for run in rundirs.run_dirs(workdir):
+      records = rundirs.read_metrics(run)
+      out.append({'loss': [sum(r['loss'].values()) for r in records],
+                  'valid': [r['valid'][METRIC] for r in records]})
+  return out
+
+
+def mmrec_curves(logs: list[pathlib.Path]) -> list[dict[str, list]]:
+  out = []
+  for log in logs:
+    lines = [l for l in log.read_text().splitlines()
+             if l.startswith('BENCH_RESULT ')]
+    if not lines:
+      raise SystemExit(f'{log}: no BENCH_RESULT line (the worker did not '
+                       'finish)')
+    result = json.loads(lines[-1].removeprefix('BENCH_RESULT '))
+    n_batches = result['batches_per_epoch']
+    per_epoch = result['metrics_per_epoch']
+    out.append({'loss': [e['loss'] / n_batches for e in per_epoch],
+                'valid': [e['valid'][METRIC] for e in per_epoch]})
+  return out
+
+
+def compare(ours: list[dict], mmrec: list[dict], *, from_epoch: int,
+            last: int) -> dict:
+  n = min(len(c['loss']) for c in ours + mmrec)
+  loss_o = np.mean([c['loss'][:n] for c in ours], axis=0)
+  loss_m = np.array([c['loss'][:n] for c in mmrec])
+  rel = np.abs(loss_o - loss_m.mean(0)) / loss_m.mean(0)
+  spread = (loss_m.max(0) - loss_m.min(0)) / loss_m.mean(0)
+  window = slice(max(n - last, 0), n)
+  tail_o = [float(np.mean(c['valid'][window])) for c in ours]
+  tail_m = [float(np.mean(c['valid'][window])) for c in mmrec]
+  return {
+      'epochs': n, 'from_epoch': from_epoch, 'last': min(last, n),
+      'loss_rel_diff_max': float(rel[from_epoch:].max()),
+      'loss_rel_diff_median': float(np.median(rel[from_epoch:])),
+      'mmrec_loss_seed_spread_median': float(np.median(spread[from_epoch:])),
+      'loss_ours': loss_o.tolist(), 'loss_mmrec': loss_m.mean(0).tolist(),
+      'valid_tail_ours': tail_o, 'valid_tail_mmrec': tail_m,
+      'welch': stats.welch(tail_o, tail_m),
+  }
+
+
+def markdown(model: str, out: dict) -> str:
+  w = out['welch']
+  fmt = lambda xs: ', '.join(f'{x:.4f}' for x in xs)
+  return '\n'.join([
+      f'| {model} | {out["epochs"]} | '
+      f'{100 * out["loss_rel_diff_median"]:.2f}% / '
+      f'{100 * out["loss_rel_diff_max"]:.2f}% | '
+      f'{100 * out["mmrec_loss_seed_spread_median"]:.2f}% | '
+      f'{fmt(out["valid_tail_ours"])} | {fmt(out["valid_tail_mmrec"])} | '
+      f'{statistics.fmean(out["valid_tail_ours"]):.4f} vs '
+      f'{statistics.fmean(out["valid_tail_mmrec"]):.4f} | {w["p"]:.3f} |'])
+
+
+HEADER = ('| model | epochs | loss: median / max rel. diff of the means '
+          '(from epoch {from_epoch}) | MMRec seed spread (median) | valid '
+          'R@20, mean of the last {last} epochs: ours per seed | MMRec per '
+          'seed | means | Welch p |\n|---|---|---|---|---|---|---|---|')
+
+
+def plot(model: str, ours: list[dict], mmrec: list[dict],
+         png: pathlib.Path) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, key, label in ((axes[0], 'loss', 'training loss per batch'),
+                         (axes[1], 'valid', f'valid {METRIC}')):
+    for curves, color, name in ((ours, 'tab:blue', 'mentor_jax'),
+                                (mmrec, 'tab:orange', 'MMRec')):
+      for k, c in enumerate(curves):
+        ax.plot(c[key], color=color, alpha=0.8, lw=1,
+                label=f'{name} ({len(curves)} seeds)' if k == 0 else None)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(label)
+    ax.legend()
+  fig.suptitle(f'{model} on TikTok: mentor_jax vs MMRec\'s code')
+  fig.tight_layout()
+  png.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(png, dpi=110)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--model', required=True)
+  p.add_argument('--ours', nargs='+', required=True, type=pathlib.Path)
+  p.add_argument('--mmrec', nargs='+', required=True, type=pathlib.Path)
+  p.add_argument('--from-epoch', type=int, default=10)
+  p.add_argument('--last', type=int, default=40)
+  p.add_argument('--png', type=pathlib.Path)
+  p.add_argument('--out', type=pathlib.Path)
+  args = p.parse_args(argv)
+  ours, mmrec = ours_curves(args.ours), mmrec_curves(args.mmrec)
+  out = compare(ours, mmrec, from_epoch=args.from_epoch, last=args.last)
+  text = (HEADER.format(from_epoch=args.from_epoch, last=out['last']) + '\n'
+          + markdown(args.model, out) + '\n')
+  print(text, end='')
+  if args.out:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + '\n```json\n' + json.dumps(
+        {k: v for k, v in out.items() if not k.startswith('loss_o')
+         and not k.startswith('loss_m')}, indent=1) + '\n```\n')
+  if args.png:
+    plot(args.model, ours, mmrec, args.png)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

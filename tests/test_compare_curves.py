@@ -1,0 +1,57 @@
+"""bench/reference/compare_curves.py on hand-made curves."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.reference import compare_curves
+
+
+def _ours(folder, curves):
+  for k, (loss, valid) in enumerate(curves):
+    run = folder / 'runs' / str(k)
+    run.mkdir(parents=True)
+    (run / 'config.json').write_text('{}')
+    (run / 'metrics.jsonl').write_text(''.join(
+        json.dumps({'epoch': e, 'loss': {'a': l / 2, 'b': l / 2},
+                    'valid': {'recall@20': v}}) + '\n'
+        for e, (l, v) in enumerate(zip(loss, valid))))
+  return folder
+
+
+def _mmrec(path, loss, valid, n_batches=30):
+  per_epoch = [{'epoch': e, 'loss': l * n_batches,
+                'valid': {'recall@20': v}} for e, (l, v) in
+               enumerate(zip(loss, valid))]
+  path.write_text('epoch 0: ...\nBENCH_RESULT ' + json.dumps(
+      {'batches_per_epoch': n_batches, 'metrics_per_epoch': per_epoch}))
+  return path
+
+
+def test_loss_gap_tail_means_and_welch(tmp_path):
+  epochs = np.arange(50)
+  base = 1.0 / (1 + epochs)
+  ours = _ours(tmp_path / 'ours', [
+      (base * 1.01, 0.10 + 0.001 * s + 0 * epochs) for s in range(3)])
+  logs = [_mmrec(tmp_path / f'm{s}.log', base * (1 + 0.02 * (s - 1)),
+                 0.20 + 0.001 * s + 0 * epochs) for s in range(3)]
+  out = compare_curves.compare(compare_curves.ours_curves([ours]),
+                               compare_curves.mmrec_curves(logs),
+                               from_epoch=10, last=40)
+  assert out['epochs'] == 50 and out['last'] == 40
+  # MMRec's mean is `base` (its seeds at -2%, 0, +2%): ours is 1% above.
+  assert out['loss_rel_diff_max'] == pytest.approx(0.01)
+  assert out['mmrec_loss_seed_spread_median'] == pytest.approx(0.04)
+  assert out['valid_tail_ours'] == pytest.approx([0.100, 0.101, 0.102])
+  assert out['valid_tail_mmrec'] == pytest.approx([0.200, 0.201, 0.202])
+  assert out['welch']['p'] < 1e-4
+  text = compare_curves.markdown('toy', out)
+  assert '| toy | 50 | 1.00% / 1.00% | 4.00% |' in text
+
+
+def test_an_unfinished_mmrec_log_is_refused(tmp_path):
+  log = tmp_path / 'm.log'
+  log.write_text('epoch 0: train 1 s\n')
+  with pytest.raises(SystemExit, match='no BENCH_RESULT line'):
+    compare_curves.mmrec_curves([log])
