@@ -5,12 +5,15 @@ from __future__ import annotations
 from mentor_jax import errors
 from mentor_jax import family
 from mentor_jax.models import bm3
+from mentor_jax.models import dualgnn
 from mentor_jax.models import freedom
 from mentor_jax.models import lattice
+from mentor_jax.models import layergcn
 from mentor_jax.models import lgmrec
 from mentor_jax.models import lightgcn
 from mentor_jax.models import mfbpr
 from mentor_jax.models import mmgcn
+from mentor_jax.models import slmrec
 from mentor_jax.models import vbpr
 from mentor_jax.models.mentor import objective as mentor
 
@@ -24,6 +27,9 @@ FAMILIES: tuple[family.ModelFamily, ...] = (
     lgmrec.LGMREC_FAMILY,
     mmgcn.MMGCN_FAMILY,
     lattice.LATTICE_FAMILY,
+    dualgnn.DUALGNN_FAMILY,
+    layergcn.LAYERGCN_FAMILY,
+    slmrec.SLMREC_FAMILY,
 )
 
 

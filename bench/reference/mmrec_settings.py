@@ -28,6 +28,9 @@ MMREC_MODEL = {
     'bm3': 'BM3',
     'freedom': 'FREEDOM',
     'lgmrec': 'LGMRec',
+    'dualgnn': 'DualGNN',
+    'slmrec': 'SLMRec',
+    'layergcn': 'LayerGCN',
 }
 MODELS = tuple(MMREC_MODEL)
 
@@ -50,6 +53,9 @@ _MODEL_KEYS = {
     'lgmrec': ('cf_model', 'n_ui_layers', 'n_mm_layers', 'n_hyper_layer',
                'hyper_num', 'keep_rate', 'alpha', 'cl_weight', 'reg_weight',
                'feat_embed_dim'),
+    'dualgnn': ('reg_weight', 'aggr_mode'),
+    'layergcn': ('reg_weight', 'n_layers', 'dropout'),
+    'slmrec': ('temp', 'ssl_temp', 'ssl_alpha', 'weight_decay'),
 }
 
 
@@ -62,6 +68,15 @@ def _weight_size(config: Mapping[str, Any]) -> list[int]:
 # Per model: our key -> (MMRec key, value from our whole config).
 _DERIVED: dict[str, dict[str, tuple[str, Callable[..., Any]]]] = {
     'lattice': {'n_ui_layers': ('weight_size', _weight_size)},
+    # SLMRec reads its own names for these (recdim, layer_num).
+    'slmrec': {'embedding_size': ('recdim', lambda c: c['embedding_size']),
+               'n_layers': ('layer_num', lambda c: c['n_layers'])},
+}
+
+# Keys of a model's yaml grid that MMRec's code never reads, with the one
+# value the worker pins (it runs one cell): no key of ours maps to them.
+MMREC_NO_OPS = {
+    'slmrec': {'reg': 1e-4},  # SLMRec.yaml's `reg` grid.
 }
 
 # Keys of our families that have no MMRec counterpart, with the value that
@@ -72,6 +87,10 @@ OURS_ONLY = {
     'lgmrec': {'score_gumbel': True},
     # Engineering: LATTICE's item graph is built in blocks of rows.
     'lattice': {'graph_block_size': None},
+    # DualGNN: MMRec's in-place user fusion, its hard-coded k = 40, and the
+    # user graph's lists (ours: ties by id; a named MMRec file: torch's).
+    'dualgnn': {'user_fusion': 'mmrec', 'user_k': 40,
+                'user_graph_file': None},
 }
 
 # What MMRec's `full_sort_predict` ranks with: a clean forward pass with the
@@ -79,6 +98,8 @@ OURS_ONLY = {
 # last training forward's output ('last_step'). Our `eval_embeddings`.
 EVAL_EMBEDDINGS = {m: 'recompute' for m in MODELS}
 EVAL_EMBEDDINGS['mmgcn'] = 'last_step'
+EVAL_EMBEDDINGS['dualgnn'] = 'last_step'  # result_embed of the last step.
+EVAL_EMBEDDINGS['slmrec'] = 'last_step'  # all_users/all_items of the step.
 
 # overall.yaml as our trainer sets it (configs/baseline.py), one cell.
 _OVERALL = {
@@ -111,6 +132,13 @@ CELLS = {
                    n_mm_layers=2, n_hyper_layer=1, hyper_num=4,
                    keep_rate=0.5, alpha=0.3, cl_weight=1e-4,
                    reg_weight=1e-6, feat_embed_dim=64),
+    'layergcn': dict(_OVERALL, reg_weight=1e-2, n_layers=4, dropout=0.0),
+    # DualGNN.yaml's first cell: its grid includes the learning rate.
+    'dualgnn': dict(_OVERALL, learning_rate=0.1, reg_weight=0.1,
+                    aggr_mode='add'),
+    'slmrec': dict(_OVERALL, learning_rate=1e-4, recdim=64, layer_num=3,
+                   temp=0.2, ssl_temp=0.1, ssl_alpha=0.01, weight_decay=1e-4,
+                   reg=1e-4),
 }
 
 # MMRec's dataset yaml (configs/dataset/baby.yaml and the others), for any
@@ -123,6 +151,9 @@ DATASET_KEYS = {
     'filter_out_cod_start_users': True,
     'vision_feature_file': 'image_feat.npy',
     'text_feature_file': 'text_feat.npy',
+    # Read by DualGNN only (the worker must lay the file out for it:
+    # data_prep.user_graph.to_mmrec_dict of cooccurrence_neighbours).
+    'user_graph_dict_file': 'user_graph_dict.npy',
 }
 
 
@@ -169,6 +200,7 @@ def from_ours(model: str, config: Mapping[str, Any]) -> dict[str, Any]:
       raise KeyError(f'our {model} config has no {key!r} (mapped to '
                      f'MMRec {MMREC_MODEL[model]}.{mmrec_key})')
     out[mmrec_key] = fn(config)
+  out.update(MMREC_NO_OPS.get(model, {}))
   return out
 
 

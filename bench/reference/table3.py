@@ -52,8 +52,8 @@ from bench.reference import mmrec_settings  # pylint: disable=g-import-not-at-to
 
 HERE = pathlib.Path(__file__).resolve().parent
 # The table's order (ID-only models first).
-DEFAULT_MODELS = ('mfbpr', 'lightgcn', 'vbpr', 'mmgcn', 'lattice', 'bm3',
-                  'freedom', 'lgmrec')
+DEFAULT_MODELS = ('mfbpr', 'lightgcn', 'layergcn', 'vbpr', 'mmgcn',
+                  'lattice', 'bm3', 'freedom', 'lgmrec', 'dualgnn', 'slmrec')
 
 
 def display_name(model: str) -> str:

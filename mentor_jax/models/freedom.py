@@ -33,10 +33,8 @@ from mentor_jax import family
 from mentor_jax.ops import graph
 from mentor_jax.ops import init as init_lib
 from mentor_jax.ops import losses
+from mentor_jax.ops import pruning
 from mentor_jax.ops import sparse
-
-# MMRec adds this to every degree before the inverse square root.
-_DEGREE_EPS = 1e-7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,44 +71,9 @@ def forward(model: Freedom, data: data_lib.DeviceData, adj: sparse.Csr,
   return out[:n_users], out[n_users:] + h
 
 
-def prune_adj(adj: sparse.Csr, n_users: int, key: jax.Array,
-              dropout: float) -> sparse.Csr:
-  """Degree-sensitive edge pruning with fixed shapes.
-
-  Assumes the layout `data_prep` writes: user rows first, so the first
-  nnz/2 entries are the (user, item) edges in (user, item) order and the
-  rest are the same edges transposed, in (item, user) order.
-
-  Args:
-    adj: the full normalized graph Â (its user-half values 1/sqrt(d_u d_i)
-      are the sampling weights, as MMRec's `edge_values`).
-    n_users: U.
-    key: randomness of this epoch.
-    dropout: the fraction of edges dropped.
-
-  Returns:
-    Â with the dropped edges' values set to 0 and the kept ones re-normalized
-    with the kept degrees, symmetric, same index arrays.
-  """
-  half = adj.nnz // 2
-  n_keep = int(half * (1.0 - dropout))
-  rows = adj.rows[:half]
-  cols = adj.indices[:half] - n_users
-  n_items = adj.n_rows - n_users
-  weights = adj.values[:half]
-  # Gumbel top-k: the n_keep largest log w + Gumbel is a draw of n_keep
-  # edges without replacement, like torch.multinomial(w, n_keep).
-  keys = jnp.log(weights) + jax.random.gumbel(key, (half,), weights.dtype)
-  kept = jnp.argsort(-keys)[:n_keep]
-  mask = jnp.zeros((half,), weights.dtype).at[kept].set(1.0)
-  deg_u = jax.ops.segment_sum(mask, rows, num_segments=n_users)
-  deg_i = jax.ops.segment_sum(mask, cols, num_segments=n_items)
-  user_half = mask * jax.lax.rsqrt(deg_u[rows] + _DEGREE_EPS) * jax.lax.rsqrt(
-      deg_i[cols] + _DEGREE_EPS)
-  # The item half lists the same edges ordered by (item, user): a stable
-  # sort of the user half by item gives that order.
-  mirror = jnp.argsort(cols, stable=True)
-  return adj.with_values(jnp.concatenate([user_half, user_half[mirror]]))
+# The pruning itself is shared with LayerGCN (ops/pruning.py); the name
+# stays importable from here.
+prune_adj = pruning.prune_adj
 
 
 def epoch_setup(ctx: family.EpochContext, params: Any, opt_state: Any,
@@ -158,11 +121,8 @@ def score(model: Freedom, data: data_lib.DeviceData,
 def check_adj_layout(dataset: data_lib.Dataset) -> None:
   """Checks the layout `prune_adj` relies on (on the host, once)."""
   a = dataset.arrays
-  indptr, indices = a['adj_indptr'], a['adj_indices']
-  half = indices.shape[0] // 2
-  n_users = dataset.n_users
-  if indices.shape[0] % 2 or indptr[n_users] != half or (
-      half and indices[:half].min() < n_users):
+  if not pruning.has_bipartite_layout(a['adj_indptr'], a['adj_indices'],
+                                      dataset.n_users):
     raise ValueError(f'{dataset.path}: adj is not a bipartite graph with '
                      'user rows first; FREEDOM edge pruning needs that layout.')
 

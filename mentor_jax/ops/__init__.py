@@ -6,4 +6,5 @@
   losses.py     BPR forms (MENTOR's, MMRec's), EmbLoss, L2 normalisation
   init.py       PyTorch's initializers
   precision.py  float32 / TF32 / bf16 matmuls
+  pruning.py    per-epoch edge sampling with fixed shapes (FREEDOM, LayerGCN)
 """
