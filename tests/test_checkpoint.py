@@ -323,6 +323,9 @@ def test_checkpoints_written_before_the_trainer_change_resume_exactly(
     assert [r['epoch'] for r in want] == [0, 1, 2]
     assert got == want, run
   old = json.loads((straight / 'result.json').read_text())
+  # result.json records the data's digest since (the old one did not).
+  assert result.pop('data_sha256') == data_lib.load_dataset(
+      tiny_dataset).digest
   assert json.loads(json.dumps(result)) == old
 
 

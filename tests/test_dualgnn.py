@@ -27,6 +27,7 @@ from mentor_jax import family
 from mentor_jax import rundirs
 from mentor_jax import train
 from mentor_jax.models import dualgnn
+from mentor_jax.ops import losses
 from mentor_jax.ops import sparse
 
 
@@ -564,3 +565,25 @@ def test_trains_through_the_shared_trainer(tiny_dataset, tmp_path):
   bpr = [r['loss']['bpr'] for r in log]
   assert bpr[-1] < 0.9 * bpr[0], bpr
   assert all(math.isfinite(sum(r['loss'].values())) for r in log)
+
+
+def test_bpr_overflows_to_inf_as_mmrecs_log2_sigmoid(tiny_dataset):
+  # MMRec's -log2(sigmoid(d)) in float32: +inf once d < ~-88 (its lr 0.1
+  # runs end there). The stable form would stay finite and train on.
+  b = conftest.build_baseline('dualgnn', tiny_dataset)
+  batch = _batch(b.dataset)
+  graph = dualgnn.epoch_user_graph(b.model, jax.random.key(0))
+  finite = dualgnn.loss(b.model, b.data, batch, None, b.hp, graph)[1][0]
+  assert np.isfinite(finite['bpr'])
+  b.model.weight_u[...] = b.model.weight_u[...] * 300  # Scores ~ +-1e2.
+  parts = dualgnn.loss(b.model, b.data, batch, None, b.hp, graph)[1][0]
+  assert np.isinf(parts['bpr']) and parts['bpr'] > 0
+
+
+def test_bpr_loss_as_written_equals_the_stable_form_where_finite():
+  d = jnp.array([-30.0, -1.0, 0.0, 2.5, 40.0])
+  np.testing.assert_allclose(
+      losses.bpr_loss(d, jnp.zeros(5), stable=False),
+      losses.bpr_loss(d, jnp.zeros(5)), rtol=1e-6)
+  assert np.isinf(losses.bpr_loss(jnp.array([-100.0]), jnp.zeros(1),
+                                  stable=False))

@@ -39,9 +39,7 @@ Where MMRec's code is not the paper's (docs/paper_vs_code.md):
   MLP_v, MLP_t (64 x 64) and MLP_user are never used: none of them is built
   here (they only drew random numbers at init upstream).
 Our own choices: the width is `embedding_size` (MMRec hard-codes 64, the
-default); the BPR is written with log_sigmoid, equal to log2(sigmoid) except
-where float32 sigmoid underflows (differences below about -88), where
-MMRec's loss is inf; `score` (eval_embeddings='recompute' only) has no
+default); `score` (eval_embeddings='recompute' only) has no
 random padding: it weights each user's unpadded neighbours by the softmax
 of their counts; neighbour ties are ordered by id (MMRec's torch.topk leaves
 them unspecified; `user_graph_file` reads an MMRec file as it is).
@@ -266,7 +264,10 @@ def loss(model: DualGNN, data: data_lib.DeviceData, batch: data_lib.Batches,
   pref = lambda gcn: losses.masked_mean(gcn.preference[...][batch.users] ** 2,
                                         mask)
   parts = {
-      'bpr': losses.bpr_loss(pos, neg, mask, log_base=2.0),
+      # log2 of the float32 sigmoid, as written upstream: +inf (and NaN
+      # gradients) where it underflows, which ends a diverging run (lr 0.1
+      # on TikTok in epoch 0) as it ends MMRec's.
+      'bpr': losses.bpr_loss(pos, neg, mask, log_base=2.0, stable=False),
       'reg': hp.reg_weight * (pref(model.gcn_v) + pref(model.gcn_t)
                               + jnp.mean(model.weight_u[...] ** 2)
                               + jnp.mean(model.weight_i[...] ** 2)),

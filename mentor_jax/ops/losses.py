@@ -35,7 +35,10 @@ def masked_mean(x: Array, mask: Array | None) -> Array:
     return jnp.mean(x)
   mask = mask.astype(x.dtype)
   per_row = x.reshape(x.shape[0], -1)
-  total = jnp.sum(per_row * mask[:, None])
+  # `where`, not only a product: a padded row's inf (a loss written as
+  # upstream writes it) must not become 0 * inf = NaN.
+  weighted = per_row * mask[:, None]
+  total = jnp.sum(jnp.where(mask[:, None] > 0, weighted, 0.0))
   count = jnp.sum(mask) * per_row.shape[1]
   return total / jnp.maximum(count, 1.0)
 
@@ -46,12 +49,15 @@ def bpr_loss(
     mask: Array | None = None,
     *,
     log_base: float = 2.0,
+    stable: bool = True,
 ) -> Array:
   """BPR loss `-mean(log_base sigmoid(pos - neg))` (spec §2.1).
 
   The official code uses log2 (`log_base=2.0`, the default); the paper's
   Eq. 23 uses ln (`log_base=math.e`). Written with `log_sigmoid` so that large
-  negative differences do not underflow to log(0).
+  negative differences do not underflow to log(0); `stable=False` takes the
+  log of the float32 sigmoid as written (MMRec's DualGNN), which is +inf
+  (and a NaN gradient) once a difference is below about -88, as upstream.
 
   Args:
     pos_scores: [B] scores of the positive items.
@@ -63,7 +69,9 @@ def bpr_loss(
   Returns:
     Scalar loss.
   """
-  per_row = -jax.nn.log_sigmoid(pos_scores - neg_scores)
+  diff = pos_scores - neg_scores
+  per_row = -(jax.nn.log_sigmoid(diff) if stable
+              else jnp.log(jax.nn.sigmoid(diff)))
   return masked_mean(per_row, mask) / math.log(log_base)
 
 
