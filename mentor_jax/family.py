@@ -244,6 +244,9 @@ class ModelFamily:
       the Hparams (e.g. `embedding_size`), the trainer settings this model
       changes (e.g. MENTOR's learning rate), and its `grid`
       (`config_defaults`).
+    dataset_defaults: {dataset name: values} the reference code uses on
+      that dataset (DiffMM's README commands), applied over `defaults` by
+      the dataset's config (`configs/<dataset>.py:<model>`).
   """
 
   name: str
@@ -266,6 +269,8 @@ class ModelFamily:
   config_spec: Mapping[str, spec_lib.Spec] = dataclasses.field(
       default_factory=dict, compare=False, hash=False)
   defaults: Mapping[str, Any] = dataclasses.field(
+      default_factory=dict, compare=False, hash=False)
+  dataset_defaults: Mapping[str, Mapping[str, Any]] = dataclasses.field(
       default_factory=dict, compare=False, hash=False)
 
   @property

@@ -5,6 +5,8 @@ from __future__ import annotations
 from mentor_jax import errors
 from mentor_jax import family
 from mentor_jax.models import bm3
+from mentor_jax.models.diffmm import model as diffmm
+from mentor_jax.models import diffmm_mrlib
 from mentor_jax.models import dualgnn
 from mentor_jax.models import freedom
 from mentor_jax.models import lattice
@@ -13,6 +15,7 @@ from mentor_jax.models import lgmrec
 from mentor_jax.models import lightgcn
 from mentor_jax.models import mfbpr
 from mentor_jax.models import mmgcn
+from mentor_jax.models.mmssl import training as mmssl
 from mentor_jax.models import slmrec
 from mentor_jax.models import vbpr
 from mentor_jax.models.mentor import objective as mentor
@@ -30,6 +33,9 @@ FAMILIES: tuple[family.ModelFamily, ...] = (
     dualgnn.DUALGNN_FAMILY,
     layergcn.LAYERGCN_FAMILY,
     slmrec.SLMREC_FAMILY,
+    mmssl.MMSSL_FAMILY,
+    diffmm.DIFFMM_FAMILY,
+    diffmm_mrlib.DIFFMM_MRLIB_FAMILY,
 )
 
 

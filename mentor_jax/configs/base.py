@@ -114,6 +114,16 @@ def get_config(model: str = 'mentor') -> ml_collections.ConfigDict:
   return config
 
 
+def on_dataset(config: ml_collections.ConfigDict,
+               name: str) -> ml_collections.ConfigDict:
+  """`config` for dataset `name`: its model's settings for that dataset
+  (`ModelFamily.dataset_defaults`, e.g. DiffMM's README commands)."""
+  for key, value in registry.get(config.model).dataset_defaults.get(
+      name, {}).items():
+    config[key] = value
+  return config
+
+
 def amazon_config(name: str, model: str = 'mentor', *,
                   synthetic: bool = False) -> ml_collections.ConfigDict:
   """An Amazon dataset (baby, sports, clothing) for `model`.
@@ -130,4 +140,4 @@ def amazon_config(name: str, model: str = 'mentor', *,
   # For the real data, set this to the downloaded MMRec folder to convert it
   # on first use.
   config.data_source = f'synth:{name}' if synthetic else ''
-  return config
+  return on_dataset(config, name)

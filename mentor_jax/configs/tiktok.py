@@ -28,4 +28,4 @@ def get_config(model: str = 'mentor'):
   config.data_source = str(SHARED_TIKTOK)
   config.v_feat_file = 'image_feat.npy'
   config.t_feat_file = 'audio_feat.npy'
-  return config
+  return base.on_dataset(config, 'tiktok')
