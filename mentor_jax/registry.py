@@ -16,6 +16,7 @@ from mentor_jax.models import lightgcn
 from mentor_jax.models import mfbpr
 from mentor_jax.models import mmgcn
 from mentor_jax.models.mmssl import training as mmssl
+from mentor_jax.models import mmssl_mrlib
 from mentor_jax.models import slmrec
 from mentor_jax.models import vbpr
 from mentor_jax.models.mentor import objective as mentor
@@ -34,6 +35,7 @@ FAMILIES: tuple[family.ModelFamily, ...] = (
     layergcn.LAYERGCN_FAMILY,
     slmrec.SLMREC_FAMILY,
     mmssl.MMSSL_FAMILY,
+    mmssl_mrlib.MMSSL_MRLIB_FAMILY,
     diffmm.DIFFMM_FAMILY,
     diffmm_mrlib.DIFFMM_MRLIB_FAMILY,
 )
