@@ -179,3 +179,77 @@ def limit_address_space(gib: float) -> None:
   if hard != resource.RLIM_INFINITY:
     limit = min(limit, hard)
   resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+# ------------------------- for the official DiffMM and MMSSL (official_worker)
+
+
+def restore_numpy_asfarray() -> bool:
+  """`np.asfarray` (removed in numpy 2.0), which MMSSL's metrics.py uses.
+
+  It was `np.asarray(a, dtype)` with float64 for a non-float dtype.
+  Returns True if it had to be added.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if 'asfarray' in np.__dict__:
+    return False
+
+  def asfarray(a, dtype=np.float64):
+    if not np.issubdtype(dtype, np.inexact):
+      dtype = np.float64
+    return np.asarray(a, dtype=dtype)
+  np.asfarray = asfarray
+  return True
+
+
+def restore_sparse_dense_attr() -> bool:
+  """`spmatrix.A` (removed in scipy 1.14), DiffMM's `trnMat.A`.
+
+  It was the property `toarray()`. Returns True if it had to be added.
+  """
+  import scipy.sparse as sp  # pylint: disable=g-import-not-at-top
+  if hasattr(sp.coo_matrix((1, 1)), 'A'):
+    return False
+  sp.spmatrix.A = property(lambda self: self.toarray())
+  return True
+
+
+def stub_missing_modules(stubs: dict[str, list[str]]) -> list[str]:
+  """Empty modules for the names in `stubs` that cannot be imported.
+
+  Unlike `stub_unused_modules`, each name is tried on its own, so that a
+  missing submodule of an installed package (`torch.utils.tensorboard`
+  without tensorboard) is stubbed too; missing parents are stubbed with
+  it. Attributes are no-op callables. Returns the names stubbed.
+  """
+  stubbed = []
+  for name, attrs in stubs.items():
+    try:
+      importlib.import_module(name)
+      continue
+    except ImportError:
+      pass
+    parts = name.split('.')
+    for depth in range(1, len(parts) + 1):
+      sub = '.'.join(parts[:depth])
+      if sub in sys.modules:
+        continue
+      if depth < len(parts):
+        try:
+          importlib.import_module(sub)
+          continue
+        except ImportError:
+          pass
+      stub = types.ModuleType(sub)
+      stub.__path__ = []
+      stub.__spec__ = importlib.machinery.ModuleSpec(sub, None,
+                                                     is_package=True)
+      sys.modules[sub] = stub
+      stubbed.append(sub)
+      if depth > 1:
+        setattr(sys.modules['.'.join(parts[:depth - 1])], parts[depth - 1],
+                stub)
+    for attr in attrs:
+      if not hasattr(sys.modules[name], attr):
+        setattr(sys.modules[name], attr, lambda *a, **k: None)
+  return stubbed

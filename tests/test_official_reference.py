@@ -1,0 +1,278 @@
+"""The harness that runs the OFFICIAL DiffMM and MMSSL code on our data.
+
+Without torch: the converter (bench/reference/official_data.py) writes the
+exact split into each codebase's file forms and refuses bad folders; the
+worker's argv building and MMSSL log parsing; the module stub shim. With
+the torch interpreter and the official checkouts (slow; skipped with the
+reason when absent; REF_PYTHON, DIFFMM_SRC, MMSSL_SRC override the
+defaults ../refvenv/bin/python, ../ref/DiffMM, ../ref/MMSSL/MMSSL): one
+epoch of each official codebase on a tiny folder gives finite numbers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from conftest import write_mmrec_folder
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REF_PYTHON = pathlib.Path(os.environ.get('REF_PYTHON')
+                          or REPO.parent / 'refvenv' / 'bin' / 'python')
+SRC = {'diffmm': pathlib.Path(os.environ.get('DIFFMM_SRC')
+                              or REPO.parent / 'ref' / 'DiffMM'),
+       'mmssl': pathlib.Path(os.environ.get('MMSSL_SRC')
+                             or REPO.parent / 'ref' / 'MMSSL' / 'MMSSL')}
+
+
+def _import(name: str):
+  """Imports bench.reference.<name>, undoing its JAX_PLATFORMS default."""
+  saved = os.environ.get('JAX_PLATFORMS')
+  if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+  try:
+    return importlib.import_module(f'bench.reference.{name}')
+  finally:
+    if saved is None:
+      os.environ.pop('JAX_PLATFORMS', None)
+    else:
+      os.environ['JAX_PLATFORMS'] = saved
+
+
+official_data = _import('official_data')
+worker = _import('official_worker')
+shims = _import('torch_shims')
+
+
+def _tiny_rows(n_users=30, n_items=80, per_user=8, seed=0):
+  """Shuffled (user, item, label) rows; user n_users-1 has no train row."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for u in range(n_users):
+    items = rng.choice(n_items - 1, size=per_user, replace=False)  # last
+    for j, i in enumerate(items):                  # item: no interaction
+      label = 0 if j < per_user - 3 else (1 if j == per_user - 3 else 2)
+      if u == n_users - 1 and label == 0:
+        label = 2  # a cold-start user: valid/test rows only
+      rows.append((u, int(i), label))
+  order = rng.permutation(len(rows))
+  return [rows[k] for k in order]
+
+
+def _tiny_folder(tmp_path, rows=None, name='toy'):
+  rng = np.random.default_rng(1)
+  return write_mmrec_folder(
+      tmp_path / name, _tiny_rows() if rows is None else rows,
+      feat_v=rng.normal(size=(80, 8)).astype(np.float32),
+      feat_t=rng.normal(size=(80, 6)).astype(np.float16))
+
+
+# ------------------------------------------------------------ the converter
+
+
+def test_both_file_forms_round_trip_the_split_exactly(tmp_path):
+  rows = _tiny_rows()
+  folder = _tiny_folder(tmp_path, rows)
+  want = [{(u, i) for u, i, lab in rows if lab == k} for k in range(3)]
+  split = official_data.read_folder(folder)
+  assert (split.n_users, split.n_items) == (30, 80)
+  assert [split.pairs(k) for k in range(3)] == want
+
+  out = official_data.write_diffmm(split, tmp_path / 'diffmm')
+  assert official_data.diffmm_pairs(out) == want
+  for k, fname in enumerate(official_data.DIFFMM_FILES):
+    with open(out / fname, 'rb') as f:
+      mat = pickle.load(f)
+    # What DiffMM's own Datasets/tiktok/*.pkl hold.
+    assert type(mat) is sp.coo_matrix  # pylint: disable=unidiomatic-typecheck
+    assert mat.shape == (30, 80) and mat.dtype == np.float64
+    assert mat.row.dtype == np.int32 and np.all(mat.data == 1.0)
+    key = mat.row.astype(np.int64) * 80 + mat.col
+    assert np.all(np.diff(key) > 0), f'{fname} not sorted by (user, item)'
+
+  out = official_data.write_mmssl(split, tmp_path / 'mmssl')
+  assert official_data.mmssl_pairs(out) == want
+  with open(out / 'train_mat', 'rb') as f:
+    train_mat = pickle.load(f)
+  assert type(train_mat) is sp.csr_matrix  # pylint: disable=unidiomatic-typecheck
+  assert train_mat.shape == (30, 80) and train_mat.dtype == np.float32
+  assert set(zip(*train_mat.nonzero())) == want[0]
+  assert '29' not in json.loads((out / 'train.json').read_text())
+
+  for d in (tmp_path / 'diffmm', tmp_path / 'mmssl'):
+    for slot, src in (('image_feat.npy', 'image_feat.npy'),
+                      ('text_feat.npy', 'text_feat.npy')):
+      a, b = np.load(d / slot), np.load(folder / src)
+      assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_the_second_modality_file_is_chosen_by_name(tmp_path):
+  folder = _tiny_folder(tmp_path)
+  audio = np.arange(80 * 3, dtype=np.float16).reshape(80, 3)
+  np.save(folder / 'audio_feat.npy', audio)
+  split = official_data.read_folder(folder, second='audio_feat.npy')
+  out = official_data.write_diffmm(split, tmp_path / 'd')
+  assert np.array_equal(np.load(out / 'text_feat.npy'), audio)
+
+
+def _bad_inter(tmp_path, text):
+  folder = _tiny_folder(tmp_path)
+  (folder / 'toy.inter').write_text(text)
+  return folder
+
+
+@pytest.mark.parametrize('text,match', [
+    ('userID\titemID\n0\t1\n', 'lacks'),
+    ('userID\titemID\tx_label\n0\t1\t0\n1\t2\t3\n', 'x_label 3'),
+    ('userID\titemID\tx_label\n0\t1\t0\n0\t1\t2\n', 'occurs 2 times'),
+    ('userID\titemID\tx_label\n0\t1\t0\n-1\t2\t2\n', 'negative'),
+    ('userID\titemID\tx_label\n0\tx\t0\n', 'not an integer'),
+    ('userID\titemID\tx_label\n0\t1\t0\n0\t80\t2\n', 'itemID 80'),
+    ('userID\titemID\tx_label\n0\t1\t0\n0\t2\t1\n', 'test'),
+    ('userID\titemID\tx_label\n0\t1\n', 'fields'),
+])
+def test_a_bad_inter_file_is_refused_with_the_reason(tmp_path, text, match):
+  folder = _bad_inter(tmp_path, text)
+  with pytest.raises(official_data.DataError, match=match):
+    official_data.read_folder(folder)
+
+
+def test_bad_feature_files_are_refused(tmp_path):
+  folder = _tiny_folder(tmp_path)
+  with pytest.raises(official_data.DataError, match='audio_feat.npy not'):
+    official_data.read_folder(folder, second='audio_feat.npy')
+  np.save(folder / 'short.npy', np.zeros((79, 4), np.float32))
+  with pytest.raises(official_data.DataError, match='short.npy 79'):
+    official_data.read_folder(folder, second='short.npy')
+  np.save(folder / 'nan.npy', np.full((80, 4), np.nan, np.float32))
+  with pytest.raises(official_data.DataError, match='NaN'):
+    official_data.read_folder(folder, second='nan.npy')
+
+
+def test_the_converter_cli_writes_a_folder(tmp_path):
+  folder = _tiny_folder(tmp_path)
+  official_data.main(['--folder', str(folder), '--codebase', 'mmssl',
+                      '--out', str(tmp_path / 'o')])
+  assert sorted(p.name for p in (tmp_path / 'o').iterdir()) == [
+      'image_feat.npy', 'test.json', 'text_feat.npy', 'train.json',
+      'train_mat', 'val.json']
+
+
+# ------------------------------------------------- the worker, without torch
+
+
+def test_official_argv_is_the_preset_then_the_overrides():
+  argv = worker.official_argv('diffmm', 'tiktok', ['batch=16', 'reg=1e-3'])
+  assert argv[:10] == ['--reg', '1e-4', '--ssl_reg', '1e-2', '--trans', '1',
+                       '--e_loss', '0.1', '--cl_method', '1']
+  assert argv[10:] == ['--batch', '16', '--reg', '1e-3']  # last one wins
+  assert worker.official_argv('mmssl', 'tiktok', []) == []
+  with pytest.raises(worker.UsageError, match='set by the worker'):
+    worker.official_argv('mmssl', 'defaults', ['epoch=3'])
+  with pytest.raises(worker.UsageError, match='KEY=VALUE'):
+    worker.official_argv('mmssl', 'defaults', ['batch'])
+
+
+def test_mmssl_loss_is_read_from_its_first_train_log_line():
+  log = ['PID: 1', 'Epoch 0 [0.2s]: train==[5.68411=4.12230 + 0.00016 + '
+         '0.00000  + 0.00000]', 'Epoch 0 [0.2s + 0.0s]: train==[9.0=1 + 2 '
+         '+ 3], recall=[0.5]']
+  assert worker.parse_mmssl_loss(log) == {
+      'loss': 5.68411, 'mf_loss': 4.1223, 'emb_loss': 0.00016,
+      'reg_loss': 0.0}
+  with pytest.raises(RuntimeError, match='no "train'):
+    worker.parse_mmssl_loss(['PID: 1'])
+
+
+def test_stub_missing_modules_stubs_only_what_cannot_be_imported():
+  names = ['oh_fake_pkg', 'oh_fake_pkg.sub']
+  try:
+    stubbed = shims.stub_missing_modules({'oh_fake_pkg.sub': ['Thing'],
+                                          'json': ['nothing_here']})
+    assert stubbed == names
+    from oh_fake_pkg.sub import Thing  # pylint: disable=g-import-not-at-top,import-error
+    assert Thing() is None
+    assert sys.modules['json'].__file__  # the real one, untouched
+    assert not hasattr(sys.modules['json'], 'nothing_here')
+  finally:
+    for n in names:
+      sys.modules.pop(n, None)
+  assert shims.stub_missing_modules({'json': []}) == []
+
+
+# ------------------------------------------------- the official code (torch)
+
+
+def _official_ready(codebase: str) -> str | None:
+  entry = SRC[codebase] / worker.ENTRY[codebase]
+  if not entry.is_file():
+    return f'no official {codebase} checkout ({entry} absent)'
+  if not REF_PYTHON.is_file():
+    return f'no torch interpreter at {REF_PYTHON} (set REF_PYTHON)'
+  probe = subprocess.run([str(REF_PYTHON), '-c', 'import torch, scipy, tqdm'],
+                         capture_output=True, text=True, check=False)
+  if probe.returncode:
+    return f'{REF_PYTHON} lacks torch / scipy / tqdm'
+  return None
+
+
+def _listing(path: pathlib.Path) -> list[str]:
+  return sorted(str(p.relative_to(path)) for p in path.rglob('*'))
+
+
+@pytest.mark.slow  # ~10 s each on 2 cores
+@pytest.mark.parametrize('codebase,batch_flag,seed', [
+    ('diffmm', 'batch', 421), ('mmssl', 'batch_size', 2022)])
+def test_one_official_epoch_gives_finite_numbers(tmp_path, codebase,
+                                                 batch_flag, seed):
+  reason = _official_ready(codebase)
+  if reason:
+    pytest.skip(reason)
+  folder = _tiny_folder(tmp_path)
+  np.save(folder / 'audio_feat.npy',
+          np.random.default_rng(2).normal(size=(80, 4)).astype(np.float16))
+  before, src_before = _listing(folder), _listing(SRC[codebase])
+  scratch = tmp_path / 'scratch'
+  scratch.mkdir()
+  proc = subprocess.run(
+      [str(REF_PYTHON), str(REPO / 'bench' / 'reference' /
+                            'official_worker.py'),
+       '--codebase', codebase, '--src', str(SRC[codebase]), '--preset',
+       'tiktok', '--folder', str(folder), '--t-feat', 'audio_feat.npy',
+       '--epochs', '1', '--seed', str(seed), '--set', f'{batch_flag}=16',
+       '--threads', '1', '--test-procs', '1', '--scratch', str(scratch)],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  line = [ln for ln in proc.stdout.splitlines()
+          if ln.startswith('BENCH_RESULT ')][-1]
+  r = json.loads(line[len('BENCH_RESULT '):])
+  assert r['codebase'] == codebase and r['seed'] == seed
+  assert (r['n_users'], r['n_items']) == (30, 80)
+  assert r['features'] == ['image_feat.npy', 'audio_feat.npy']
+  [e] = r['metrics_per_epoch']
+  assert e['epoch'] == 0 and e['train_s'] > 0 and e['test_s'] > 0
+  assert math.isfinite(e['loss']) and e['loss'] > 0
+  assert all(math.isfinite(v) for v in e['losses'].values())
+  assert 0.0 < e['test']['recall@20'] <= 1.0
+  assert 0.0 <= e['test']['ndcg@20'] <= 1.0
+  if codebase == 'diffmm':
+    assert r['official_args']['data'] == worker.DIFFMM_DATA_SLOT  # 2 modal.
+    assert r['official_args']['reg'] == 1e-4  # the tiktok preset
+  else:
+    assert r['loader_n_items'] == 79  # its loader: max item id + 1
+    assert 0.0 <= e['valid']['recall@20'] <= 1.0
+    assert e['test_called_by'] in ('official train()', 'worker')
+  # Nothing left behind, nothing written into the folder or the checkout.
+  assert list(scratch.iterdir()) == []
+  assert _listing(folder) == before
+  assert _listing(SRC[codebase]) == src_before
