@@ -48,6 +48,14 @@ def test_loss_gap_tail_means_and_welch(tmp_path):
   assert out['welch']['p'] < 1e-4
   text = compare_curves.markdown('toy', out)
   assert '| toy | 50 | 1.00% / 1.00% | 4.00% |' in text
+  csv = tmp_path / 'c.csv'
+  compare_curves.write_csv(csv, compare_curves.ours_curves([ours]),
+                           compare_curves.mmrec_curves(logs))
+  lines = csv.read_text().splitlines()
+  assert lines[0].split(',')[:4] == ['epoch', 'loss_ours0', 'loss_ours1',
+                                     'loss_ours2']
+  assert len(lines) == 51
+  assert float(lines[1].split(',')[4]) == pytest.approx(0.98)  # mmrec0, e 0
 
 
 def test_an_unfinished_mmrec_log_is_refused(tmp_path):

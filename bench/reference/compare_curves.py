@@ -18,7 +18,8 @@ per seed. Over the epochs both sides have:
 * validation Recall@20 (the early-stopping metric): the mean over the last
   --last epochs per seed, 3 values a side, and Welch's t-test over them.
 
-Writes a Markdown table (--out) and a two-panel plot (--png).
+Writes a Markdown table (--out), a two-panel plot (--png) and the curves
+themselves (--csv).
 """
 
 from __future__ import annotations
@@ -105,6 +106,27 @@ HEADER = ('| model | epochs | loss: median / max rel. diff of the means '
           'seed | means | Welch p |\n|---|---|---|---|---|---|---|---|')
 
 
+def write_csv(path: pathlib.Path, ours: list[dict], mmrec: list[dict]
+              ) -> None:
+  """Every curve by epoch (blank where a run had stopped): the plot's data."""
+  sides = [('ours', c) for c in ours] + [('mmrec', c) for c in mmrec]
+  head = ['epoch'] + [f'{key}_{name}{k}' for key in ('loss', 'valid')
+                      for name, k in _numbered(sides)]
+  n = max(len(c['loss']) for _, c in sides)
+  cell = lambda xs, e: f'{xs[e]:.6g}' if e < len(xs) else ''
+  rows = [','.join([str(e)] + [cell(c[key], e) for key in ('loss', 'valid')
+                               for _, c in sides]) for e in range(n)]
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text('\n'.join([','.join(head)] + rows) + '\n')
+
+
+def _numbered(sides):
+  seen: dict[str, int] = {}
+  for name, _ in sides:
+    seen[name] = seen.get(name, -1) + 1
+    yield name, seen[name]
+
+
 def plot(model: str, ours: list[dict], mmrec: list[dict],
          png: pathlib.Path) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -136,6 +158,8 @@ def main(argv=None) -> int:
   p.add_argument('--last', type=int, default=40)
   p.add_argument('--png', type=pathlib.Path)
   p.add_argument('--out', type=pathlib.Path)
+  p.add_argument('--csv', type=pathlib.Path,
+                 help='every curve by epoch (the plot\'s data)')
   args = p.parse_args(argv)
   ours, mmrec = ours_curves(args.ours), mmrec_curves(args.mmrec)
   out = compare(ours, mmrec, from_epoch=args.from_epoch, last=args.last)
@@ -149,6 +173,8 @@ def main(argv=None) -> int:
          and not k.startswith('loss_m')}, indent=1) + '\n```\n')
   if args.png:
     plot(args.model, ours, mmrec, args.png)
+  if args.csv:
+    write_csv(args.csv, ours, mmrec)
   return 0
 
 
