@@ -15,14 +15,16 @@ def _ours(folder, curves):
     (run / 'config.json').write_text('{}')
     (run / 'metrics.jsonl').write_text(''.join(
         json.dumps({'epoch': e, 'loss': {'a': l / 2, 'b': l / 2},
-                    'valid': {'recall@20': v}}) + '\n'
+                    'valid': {'recall@20': v}, 'test': {'recall@20': v}})
+        + '\n'
         for e, (l, v) in enumerate(zip(loss, valid))))
   return folder
 
 
 def _mmrec(path, loss, valid, n_batches=30):
   per_epoch = [{'epoch': e, 'loss': l * n_batches,
-                'valid': {'recall@20': v}} for e, (l, v) in
+                'valid': {'recall@20': v}, 'test': {'recall@20': v}}
+               for e, (l, v) in
                enumerate(zip(loss, valid))]
   path.write_text('epoch 0: ...\nBENCH_RESULT ' + json.dumps(
       {'batches_per_epoch': n_batches, 'metrics_per_epoch': per_epoch}))
@@ -56,6 +58,14 @@ def test_loss_gap_tail_means_and_welch(tmp_path):
                                      'loss_ours2']
   assert len(lines) == 51
   assert float(lines[1].split(',')[4]) == pytest.approx(0.98)  # mmrec0, e 0
+
+
+def test_early_stop_is_mmrecs_rule():
+  # Rounded to 4 places: 0.10001 does not beat 0.1; more than 2 bad
+  # epochs stop (patience 2).
+  valid = [0.05, 0.1, 0.10001, 0.09, 0.08, 0.2]
+  assert compare_curves.early_stop(valid, patience=2) == 1
+  assert compare_curves.early_stop(valid, patience=3) == 5
 
 
 def test_an_unfinished_mmrec_log_is_refused(tmp_path):

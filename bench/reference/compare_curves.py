@@ -16,7 +16,10 @@ per seed. Over the epochs both sides have:
   |mean ours - mean MMRec| / mean MMRec, beside MMRec's own seed spread
   (max - min) / mean;
 * validation Recall@20 (the early-stopping metric): the mean over the last
-  --last epochs per seed, 3 values a side, and Welch's t-test over them.
+  --last epochs per seed, 3 values a side, and Welch's t-test over them;
+* each curve stopped as MMRec's trainer stops (`--patience` epochs without
+  a better rounded valid Recall@20): its best epoch and test Recall@20
+  there, Welch's t-test over the seeds.
 
 Writes a Markdown table (--out), a two-panel plot (--png) and the curves
 themselves (--csv).
@@ -46,7 +49,8 @@ def ours_curves(workdirs: list[pathlib.Path]) -> list[dict[str, list]]:
     for run in rundirs.run_dirs(workdir):
       records = rundirs.read_metrics(run)
       out.append({'loss': [sum(r['loss'].values()) for r in records],
-                  'valid': [r['valid'][METRIC] for r in records]})
+                  'valid': [r['valid'][METRIC] for r in records],
+                  'test': [r['test'][METRIC] for r in records]})
   return out
 
 
@@ -62,12 +66,28 @@ def mmrec_curves(logs: list[pathlib.Path]) -> list[dict[str, list]]:
     n_batches = result['batches_per_epoch']
     per_epoch = result['metrics_per_epoch']
     out.append({'loss': [e['loss'] / n_batches for e in per_epoch],
-                'valid': [e['valid'][METRIC] for e in per_epoch]})
+                'valid': [e['valid'][METRIC] for e in per_epoch],
+                'test': [e['test'][METRIC] for e in per_epoch]})
   return out
 
 
+def early_stop(valid: list[float], patience: int) -> int:
+  """The best epoch of MMRec's rule (`utils.early_stopping` on its rounded
+  metric): stop once more than `patience` epochs did not beat the best."""
+  best, best_epoch, bad = -1.0, -1, 0
+  for epoch, value in enumerate(valid):
+    value = round(value, 4)
+    if value > best:
+      best, best_epoch, bad = value, epoch, 0
+    else:
+      bad += 1
+      if bad > patience:
+        break
+  return best_epoch
+
+
 def compare(ours: list[dict], mmrec: list[dict], *, from_epoch: int,
-            last: int) -> dict:
+            last: int, patience: int = 20) -> dict:
   n = min(len(c['loss']) for c in ours + mmrec)
   loss_o = np.mean([c['loss'][:n] for c in ours], axis=0)
   loss_m = np.array([c['loss'][:n] for c in mmrec])
@@ -76,7 +96,17 @@ def compare(ours: list[dict], mmrec: list[dict], *, from_epoch: int,
   window = slice(max(n - last, 0), n)
   tail_o = [float(np.mean(c['valid'][window])) for c in ours]
   tail_m = [float(np.mean(c['valid'][window])) for c in mmrec]
+  # Each curve as MMRec's trainer would have stopped it: the test metric at
+  # its best-valid epoch.
+  stops = {name: [early_stop(c['valid'][:n], patience) for c in side]
+           for name, side in (('ours', ours), ('mmrec', mmrec))}
+  at_stop = {name: [c['test'][e] for c, e in zip(side, stops[name])]
+             for name, side in (('ours', ours), ('mmrec', mmrec))}
   return {
+      'best_epochs_ours': stops['ours'], 'best_epochs_mmrec': stops['mmrec'],
+      'test_at_stop_ours': at_stop['ours'],
+      'test_at_stop_mmrec': at_stop['mmrec'],
+      'welch_test_at_stop': stats.welch(at_stop['ours'], at_stop['mmrec']),
       'epochs': n, 'from_epoch': from_epoch, 'last': min(last, n),
       'loss_rel_diff_max': float(rel[from_epoch:].max()),
       'loss_rel_diff_median': float(np.median(rel[from_epoch:])),
@@ -88,22 +118,33 @@ def compare(ours: list[dict], mmrec: list[dict], *, from_epoch: int,
 
 
 def markdown(model: str, out: dict) -> str:
-  w = out['welch']
+  w, w_stop = out['welch'], out['welch_test_at_stop']
   fmt = lambda xs: ', '.join(f'{x:.4f}' for x in xs)
+  mean = lambda key: f'{statistics.fmean(out[key]):.4f}'
   return '\n'.join([
       f'| {model} | {out["epochs"]} | '
       f'{100 * out["loss_rel_diff_median"]:.2f}% / '
       f'{100 * out["loss_rel_diff_max"]:.2f}% | '
       f'{100 * out["mmrec_loss_seed_spread_median"]:.2f}% | '
       f'{fmt(out["valid_tail_ours"])} | {fmt(out["valid_tail_mmrec"])} | '
-      f'{statistics.fmean(out["valid_tail_ours"]):.4f} vs '
-      f'{statistics.fmean(out["valid_tail_mmrec"]):.4f} | {w["p"]:.3f} |'])
+      f'{mean("valid_tail_ours")} vs {mean("valid_tail_mmrec")} | '
+      f'{w["p"]:.3f} |',
+      '',
+      STOP_HEADER,
+      f'| {model} | {", ".join(map(str, out["best_epochs_ours"]))} | '
+      f'{", ".join(map(str, out["best_epochs_mmrec"]))} | '
+      f'{fmt(out["test_at_stop_ours"])} | {fmt(out["test_at_stop_mmrec"])} | '
+      f'{mean("test_at_stop_ours")} vs {mean("test_at_stop_mmrec")} | '
+      f'{w_stop["p"]:.3f} |'])
 
 
 HEADER = ('| model | epochs | loss: median / max rel. diff of the means '
           '(from epoch {from_epoch}) | MMRec seed spread (median) | valid '
           'R@20, mean of the last {last} epochs: ours per seed | MMRec per '
           'seed | means | Welch p |\n|---|---|---|---|---|---|---|---|')
+STOP_HEADER = ('| model | best epoch at MMRec\'s early stop (patience 20): '
+               'ours | MMRec | test R@20 there: ours | MMRec | means | Welch '
+               'p |\n|---|---|---|---|---|---|---|')
 
 
 def write_csv(path: pathlib.Path, ours: list[dict], mmrec: list[dict]
@@ -156,13 +197,16 @@ def main(argv=None) -> int:
   p.add_argument('--mmrec', nargs='+', required=True, type=pathlib.Path)
   p.add_argument('--from-epoch', type=int, default=10)
   p.add_argument('--last', type=int, default=40)
+  p.add_argument('--patience', type=int, default=20,
+                 help='MMRec\'s stopping_step, for the early-stop table')
   p.add_argument('--png', type=pathlib.Path)
   p.add_argument('--out', type=pathlib.Path)
   p.add_argument('--csv', type=pathlib.Path,
                  help='every curve by epoch (the plot\'s data)')
   args = p.parse_args(argv)
   ours, mmrec = ours_curves(args.ours), mmrec_curves(args.mmrec)
-  out = compare(ours, mmrec, from_epoch=args.from_epoch, last=args.last)
+  out = compare(ours, mmrec, from_epoch=args.from_epoch, last=args.last,
+                patience=args.patience)
   text = (HEADER.format(from_epoch=args.from_epoch, last=out['last']) + '\n'
           + markdown(args.model, out) + '\n')
   print(text, end='')
