@@ -9,11 +9,18 @@ pairs (6.2 GB and 7.8e8 set intersections for Clothing).
 
 Here C = R Rᵀ with R the binary user x item training matrix (a repeated
 training row counts once, as the script's item sets do), in blocks of rows
-whose product fits a fixed budget, so nothing U x U is ever held. Ties:
-the script's `torch.topk` leaves the order of equal counts unspecified; here
-they are ordered by neighbour id, ascending (count desc, then id asc). Only
-the first 40 entries of a list are ever read by the model (`user_k`), so
-the tie order decides which neighbours a user with more than 40 keeps.
+whose product fits a fixed budget, so nothing U x U is ever held.
+
+Ties: only the first 40 entries of a list are ever read by the model
+(`user_k`), and most counts are 1, so the tie order decides which
+neighbours a user with more than 40 keeps. The script's `torch.topk`
+leaves equal counts in an unspecified order that looks arbitrary (it is
+not by id). Ordering ties by id instead would hand every such user the
+lowest-id users: on TikTok that cost DualGNN about 12 % of its validation
+Recall@20 against MMRec's own file (docs/curves/dualgnn_tiktok.md). So ties
+are ordered by `pair_tie_key(u, v)`, a fixed hash of the pair: count
+descending, then the key ascending, an order as arbitrary as torch's but
+the same on every machine and in every run.
 
 `neighbours_for_dataset` builds the lists once per dataset and keeps them
 next to its .npz (not inside it, which would change the dataset's content
@@ -49,6 +56,21 @@ SIDECAR_SUFFIX = '.user_graph.npz'
 _BLOCK_ENTRIES = 1 << 22
 
 
+# Bumped when the order of the lists changes: stored lists of another
+# order are rebuilt.
+TIE_RULE = 'count desc, pair_tie_key asc (splitmix64)'
+
+
+def pair_tie_key(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """uint64 splitmix64 of the pair (u, v): the order among equal counts."""
+  with np.errstate(over='ignore'):
+    x = (np.asarray(u, np.uint64) << np.uint64(32)) | np.asarray(v, np.uint64)
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def cooccurrence_neighbours(indptr: np.ndarray, items: np.ndarray,
                             n_items: int, *, top: int = MMREC_TOP,
                             block_entries: int = _BLOCK_ENTRIES
@@ -65,9 +87,9 @@ def cooccurrence_neighbours(indptr: np.ndarray, items: np.ndarray,
 
   Returns:
     (nbr int32 [U, w], cnt int32 [U, w]), w = the longest list (<= top):
-    row u holds u's neighbours by shared-item count descending, then id
-    ascending, padded at the end with nbr -1 and cnt 0. A user never lists
-    itself.
+    row u holds u's neighbours by shared-item count descending, then
+    `pair_tie_key(u, v)` ascending, padded at the end with nbr -1 and cnt 0.
+    A user never lists itself.
   """
   indptr = np.asarray(indptr, np.int64)
   n_users = indptr.shape[0] - 1
@@ -91,7 +113,8 @@ def cooccurrence_neighbours(indptr: np.ndarray, items: np.ndarray,
     off_diagonal = (cols != rows) & (vals > 0)
     rows, cols, vals = rows[off_diagonal], cols[off_diagonal], vals[
         off_diagonal]
-    order = np.lexsort((cols, -vals.astype(np.int64), rows))
+    order = np.lexsort((pair_tie_key(rows, cols), -vals.astype(np.int64),
+                        rows))
     rows, cols, vals = rows[order], cols[order], vals[order]
     rank = np.arange(rows.size) - np.searchsorted(rows, rows)
     keep = rank < top
@@ -118,7 +141,7 @@ def _layout_problem(nbr: np.ndarray, cnt: np.ndarray,
                     n_users: int) -> str | None:
   """Why (nbr, cnt) are not lists as `cooccurrence_neighbours` returns them
   (None if they are): shapes, id range, padding at the end, counts >= 1,
-  sorted by count descending then id ascending."""
+  sorted by count descending then `pair_tie_key` ascending."""
   for name, x in (('nbr', nbr), ('cnt', cnt)):
     if x.dtype != np.int32 or x.ndim != 2 or x.shape[0] != n_users:
       return f'{name}: expected int32 [{n_users}, w], found {x.dtype} {x.shape}'
@@ -133,9 +156,11 @@ def _layout_problem(nbr: np.ndarray, cnt: np.ndarray,
     return 'cnt: expected counts >= 1, and 0 on padding'
   both = real[:, 1:]
   down = cnt[:, 1:] < cnt[:, :-1]
-  tie_up = (cnt[:, 1:] == cnt[:, :-1]) & (nbr[:, 1:] > nbr[:, :-1])
+  key = pair_tie_key(np.arange(n_users)[:, None], np.maximum(nbr, 0))
+  tie_up = (cnt[:, 1:] == cnt[:, :-1]) & (key[:, 1:] > key[:, :-1])
   if np.any(both & ~(down | tie_up)):
-    return 'expected rows sorted by count descending, then id ascending'
+    return ('expected rows sorted by count descending, then the pair key '
+            f'({TIE_RULE})')
   return None
 
 
@@ -163,11 +188,14 @@ def read_sidecar(path: Path, n_users: int, digest: str
   try:
     with np.load(path, allow_pickle=False) as z:
       stored = {k: z[k] for k in ('nbr', 'cnt', 'digest', 'top')}
+      stored['tie_rule'] = z['tie_rule'] if 'tie_rule' in z.files else ''
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     logging.warning('%s: unreadable (%s); rebuilding the user graph', path, e)
     return None
-  if str(stored['digest']) != digest or int(stored['top']) != MMREC_TOP:
-    logging.warning('%s: built from other training rows; rebuilding', path)
+  if str(stored['digest']) != digest or int(stored['top']) != MMREC_TOP or (
+      str(stored['tie_rule']) != TIE_RULE):
+    logging.warning('%s: built from other training rows or with another '
+                    'tie order; rebuilding', path)
     return None
   problem = _layout_problem(stored['nbr'], stored['cnt'], n_users)
   if problem:
@@ -195,7 +223,7 @@ def neighbours_for_dataset(npz: str | os.PathLike, indptr: np.ndarray,
     return stored
   nbr, cnt = cooccurrence_neighbours(indptr, items, n_items)
   payload = dict(nbr=nbr, cnt=cnt, digest=np.array(digest),
-                 top=np.array(MMREC_TOP))
+                 top=np.array(MMREC_TOP), tie_rule=np.array(TIE_RULE))
   try:
     write_files_atomically({path: lambda f: np.savez(f, **payload)})
   except OSError as e:

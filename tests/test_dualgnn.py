@@ -65,6 +65,30 @@ def _csr_lists(users, items, n_users):
 # ------------------------------------------------------------ user graph ---
 
 
+def _splitmix(u: int, v: int) -> int:
+  """splitmix64 of (u << 32 | v) in Python integers (mod 2**64)."""
+  m = (1 << 64) - 1
+  x = ((u << 32 | v) + 0x9E3779B97F4A7C15) & m
+  x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+  x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+  return x ^ (x >> 31)
+
+
+def test_ties_are_not_ordered_by_id():
+  # Ordering ties by id made every user's 40 keep the lowest ids (hubs).
+  n_users = 400
+  users = np.repeat(np.arange(n_users), 1)
+  items = np.zeros(n_users, np.int64)  # Everyone shares item 0: all ties.
+  indptr, sorted_items = _csr_lists(users, items, n_users)
+  nbr, cnt = user_graph.cooccurrence_neighbours(indptr, sorted_items, 1,
+                                                top=40)
+  assert (cnt == 1).all()
+  # Each user's 40 are spread over the ids, not the 40 lowest.
+  picked = np.bincount(nbr.ravel(), minlength=n_users)
+  assert picked[:40].sum() < 0.3 * nbr.size, picked[:40].sum()
+  assert nbr.mean() > 0.3 * n_users
+
+
 def test_cooccurrence_lists_match_brute_force_intersections():
   rng = np.random.default_rng(0)
   n_users, n_items, top = 50, 30, 8
@@ -77,11 +101,13 @@ def test_cooccurrence_lists_match_brute_force_intersections():
         indptr, sorted_items, n_items, top=top, block_entries=block)
     assert nbr.shape == cnt.shape == (n_users, top)
     for u in range(n_users):
-      want = sorted((-len(sets[u] & sets[v]), v) for v in range(n_users)
+      # Count descending, then the pair's splitmix64 key ascending.
+      want = sorted((-len(sets[u] & sets[v]), _splitmix(u, v), v)
+                    for v in range(n_users)
                     if v != u and sets[u] & sets[v])[:top]
       n = int((nbr[u] >= 0).sum())
-      assert nbr[u, :n].tolist() == [v for _, v in want], u
-      assert cnt[u, :n].tolist() == [-c for c, _ in want], u
+      assert nbr[u, :n].tolist() == [v for _, _, v in want], u
+      assert cnt[u, :n].tolist() == [-c for c, _, _ in want], u
       assert (nbr[u, n:] == -1).all() and (cnt[u, n:] == 0).all()
   assert (nbr[-1] == -1).all()
   assert len(set(zip(users, items))) < 400  # Duplicates were there.
@@ -114,7 +140,15 @@ def test_lists_are_kept_next_to_the_npz_and_rebuilt_when_stale(
   # A damaged file is rebuilt, not trusted.
   side.write_bytes(b'not a zip')
   nbr, _ = user_graph.neighbours_for_dataset(npz, indptr2, items2, 3)
-  assert nbr[1].tolist() == [0, 2]
+  assert sorted(nbr[1].tolist()) == [0, 2]  # A tie: the pair key's order.
+  # Lists stored in another tie order (id ascending, before) are rebuilt.
+  with np.load(side) as z:
+    old = {k: z[k] for k in z.files if k != 'tie_rule'}
+  old['nbr'] = np.sort(old['nbr'], axis=1)[:, ::-1].copy()
+  np.savez(side, **old)
+  monkeypatch.setattr(user_graph, 'cooccurrence_neighbours', no_build)
+  with pytest.raises(AssertionError, match='rebuilt although'):
+    user_graph.neighbours_for_dataset(npz, indptr2, items2, 3)
 
 
 def _save_mmrec(path, graph):
