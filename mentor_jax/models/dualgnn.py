@@ -41,8 +41,9 @@ Where MMRec's code is not the paper's (docs/paper_vs_code.md):
 Our own choices: the width is `embedding_size` (MMRec hard-codes 64, the
 default); `score` (eval_embeddings='recompute' only) has no
 random padding: it weights each user's unpadded neighbours by the softmax
-of their counts; neighbour ties are ordered by id (MMRec's torch.topk leaves
-them unspecified; `user_graph_file` reads an MMRec file as it is).
+of their counts; neighbour ties are ordered by a fixed hash of the user
+pair (MMRec's torch.topk leaves them in an arbitrary order;
+`user_graph_file` reads an MMRec file as it is).
 """
 
 from __future__ import annotations
