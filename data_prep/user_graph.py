@@ -37,7 +37,7 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
