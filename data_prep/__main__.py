@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import math
 import sys
 import time
 import traceback
@@ -43,6 +44,25 @@ def seed_arg(text: str) -> int:
   return value
 
 
+def finite_float(text: str) -> float:
+  """A real number that is not nan or +-inf."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f'expected a number, found {text!r}') from None
+  if not math.isfinite(value):
+    raise argparse.ArgumentTypeError(f'expected a finite number, found {text}')
+  return value
+
+
+def positive_float(text: str) -> float:
+  value = finite_float(text)
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f'expected a number > 0, found {text}')
+  return value
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m data_prep')
   common = argparse.ArgumentParser(add_help=False)
@@ -71,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument('--out', required=True, help='output folder')
   s.add_argument('--name', help='dataset name (default: folder name)')
   s.add_argument('--seed', type=seed_arg, default=0)
-  s.add_argument('--scale', type=float, default=1.0,
+  s.add_argument('--scale', type=positive_float, default=1.0,
                  help='multiplies users and interactions')
   for f in ('users', 'items', 'interactions', 'dim-v', 'dim-t'):
     s.add_argument(f'--{f}', type=int, help='override the preset')
@@ -97,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                  help='with --split given: default x_label')
   i.add_argument('--sep', help='csv field separator (default: tab for '
                  '.tsv/.tab, else comma)')
-  i.add_argument('--min-rating', type=float,
+  i.add_argument('--min-rating', type=finite_float,
                  help='keep rows with rating >= this')
   i.add_argument('--kcore', type=int, default=5,
                  help='min rows per user and item, iterated (0: off)')

@@ -85,7 +85,9 @@ def write_text_atomic(path: str | pathlib.Path, text: str) -> None:
   Raises:
     StorageError: the disk is full; nothing is left behind.
   """
-  write_bytes_atomic(path, text.encode())
+  # surrogateescape: text from a command-line argument that was not UTF-8
+  # (a --title, a path) is written back as the bytes it came as.
+  write_bytes_atomic(path, text.encode('utf-8', 'surrogateescape'))
 
 
 def write_bytes_atomic(path: str | pathlib.Path, content: bytes) -> None:
@@ -114,7 +116,9 @@ def check_output(path: str | pathlib.Path, *, overwrite: bool = False
   before the work, so that a refusal costs nothing.
 
   Raises:
-    OutputExistsError: `path` is a folder, or exists and not `overwrite`.
+    OutputExistsError: `path` is a folder, exists and not `overwrite`, or
+      a folder on its way is a file (missing folders are made when
+      written, `write_output`).
   """
   path = pathlib.Path(path)
   if path.is_dir():
@@ -122,12 +126,19 @@ def check_output(path: str | pathlib.Path, *, overwrite: bool = False
   if path.exists() and not overwrite:
     raise OutputExistsError(f'{path} exists; choose another name, or pass '
                             '--overwrite to replace it')
+  for parent in path.parents:
+    if parent.exists():
+      if not parent.is_dir():
+        raise OutputExistsError(f'{path}: {parent} is a file, not a folder')
+      break
 
 
 def write_output(path: str | pathlib.Path, text: str, *,
                  overwrite: bool = False) -> None:
-  """Writes a file the user named (--out, --json-out), atomically."""
+  """Writes a file the user named (--out, --json-out), atomically; makes
+  the folders on its way that do not exist yet."""
   check_output(path, overwrite=overwrite)
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   write_text_atomic(path, text)
 
 
