@@ -177,3 +177,21 @@ def build_baseline(name: str, npz: Path, **overrides) -> BuiltBaseline:
   model = family.create_model(config, dataset)
   data = data_lib.to_device(dataset, config.knn_k)
   return BuiltBaseline(dataset, config, family, hp, model, data)
+
+
+def import_bench_reference(name: str):
+  """Imports bench.reference.<name>, undoing its JAX_PLATFORMS default
+  (the reference modules set it to cpu for their torch processes)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  saved = os.environ.get('JAX_PLATFORMS')
+  repo = str(Path(__file__).resolve().parents[1])
+  if repo not in sys.path:
+    sys.path.insert(0, repo)
+  try:
+    return importlib.import_module(f'bench.reference.{name}')
+  finally:
+    if saved is None:
+      os.environ.pop('JAX_PLATFORMS', None)
+    else:
+      os.environ['JAX_PLATFORMS'] = saved

@@ -11,7 +11,6 @@ REF_PYTHON at them (defaults: ../ref/MMRec, ../refvenv/bin/python).
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import pathlib
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import conftest
 from mentor_jax import registry
 from mentor_jax.configs import baseline
 
@@ -33,25 +33,11 @@ REF_PYTHON = pathlib.Path(os.environ.get('REF_PYTHON')
                           or REPO.parent / 'refvenv' / 'bin' / 'python')
 
 
-def _import(name: str):
-  """Imports bench.reference.<name>, undoing its JAX_PLATFORMS default."""
-  saved = os.environ.get('JAX_PLATFORMS')
-  if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-  try:
-    return importlib.import_module(f'bench.reference.{name}')
-  finally:
-    if saved is None:
-      os.environ.pop('JAX_PLATFORMS', None)
-    else:
-      os.environ['JAX_PLATFORMS'] = saved
-
-
-settings = _import('mmrec_settings')
-table3 = _import('table3')
-worker = _import('mmrec_worker')
-shims = _import('torch_shims')
-fit_loop = _import('fit_loop')
+settings = conftest.import_bench_reference('mmrec_settings')
+table3 = conftest.import_bench_reference('table3')
+worker = conftest.import_bench_reference('mmrec_worker')
+shims = conftest.import_bench_reference('torch_shims')
+fit_loop = conftest.import_bench_reference('fit_loop')
 
 DATASETS = ('baby', 'clothing')
 

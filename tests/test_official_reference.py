@@ -11,7 +11,6 @@ epoch of each official codebase on a tiny folder gives finite numbers.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import conftest
 from conftest import write_mmrec_folder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -35,23 +35,9 @@ SRC = {'diffmm': pathlib.Path(os.environ.get('DIFFMM_SRC')
                              or REPO.parent / 'ref' / 'MMSSL' / 'MMSSL')}
 
 
-def _import(name: str):
-  """Imports bench.reference.<name>, undoing its JAX_PLATFORMS default."""
-  saved = os.environ.get('JAX_PLATFORMS')
-  if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-  try:
-    return importlib.import_module(f'bench.reference.{name}')
-  finally:
-    if saved is None:
-      os.environ.pop('JAX_PLATFORMS', None)
-    else:
-      os.environ['JAX_PLATFORMS'] = saved
-
-
-official_data = _import('official_data')
-worker = _import('official_worker')
-shims = _import('torch_shims')
+official_data = conftest.import_bench_reference('official_data')
+worker = conftest.import_bench_reference('official_worker')
+shims = conftest.import_bench_reference('torch_shims')
 
 
 def _tiny_rows(n_users=30, n_items=80, per_user=8, seed=0):
