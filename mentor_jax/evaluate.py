@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from absl import logging as absl_logging
 from flax import nnx
 import jax
 import ml_collections
@@ -126,7 +127,13 @@ def damaged_step_error(where: pathlib.Path,
 
 def _load_step(directory: pathlib.Path, step: int, data_npz: str | None,
                with_scores: bool) -> Restored:
-  manager = checkpointing.read_only_manager(directory)
+  # Orbax warns "Given directory is read only" for what was asked for.
+  quiet = lambda r: not r.getMessage().startswith('Given directory is read')
+  absl_logging.get_absl_logger().addFilter(quiet)
+  try:
+    manager = checkpointing.read_only_manager(directory)
+  finally:
+    absl_logging.get_absl_logger().removeFilter(quiet)
   meta = checkpointing.read_meta(manager, step)
   if 'stack' in meta:
     raise checkpointing.CheckpointMismatchError(

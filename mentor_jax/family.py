@@ -232,6 +232,8 @@ class ModelFamily:
 
   Metadata:
     display_name: as papers print it (report tables); default `name`.
+    item_features: whether item vectors read the item features (False for
+      ID-only models, which cannot embed a new item: serving/cold.py).
     table_params: parameter names (a substring of the leaf's path) whose
       leading axis is users or items: split by rows over the devices with
       `config.shard_tables`.
@@ -262,6 +264,7 @@ class ModelFamily:
   sweepable: frozenset[str] = frozenset()
   gated: frozenset[str] = frozenset()
   display_name: str = ''
+  item_features: bool = True
   table_params: tuple[str, ...] = ()
   report_keys: tuple[str, ...] = ()
   # Not part of the jit cache key (dicts are unhashable; the functions

@@ -31,6 +31,7 @@ from mentor_jax import evaluate
 from mentor_jax import recommend
 from mentor_jax import report
 from mentor_jax import train
+from mentor_jax.serving import export
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -131,6 +132,19 @@ def test_recommend_arguments(finished_stack, tmp_path, flag, value):
     value = str(_out_dir(tmp_path) / value) if value else value
   argv = _swap(argv, flag, value)
   _check(*_status(recommend.main, argv), argv)
+
+
+@given(flag=st.sampled_from(['--run', '--embeddings', '--out', '--id-maps',
+                             '--new-items']), value=VALUE)
+@SWEEP
+def test_export_arguments(finished_stack, tmp_path, flag, value):
+  out = _out_dir(tmp_path)
+  argv = ['--workdir', str(finished_stack), '--run', '1', '--out',
+          str(out / 'export')]
+  if flag == '--out':
+    value = str(out / value) if value else value
+  argv = _swap(argv, flag, value)
+  _check(*_status(export.main, argv), argv)
 
 
 @given(flag=st.sampled_from(['--split', '--title', '--notes', '--out',

@@ -159,6 +159,13 @@ def test_no_import_cycles():
     ('mentor_jax.evaluate', {'mentor_jax.train', 'mentor_jax.stack'}),
     ('mentor_jax.recommend', {'mentor_jax.train', 'mentor_jax.stack'}),
     ('mentor_jax.analysis', {'mentor_jax.train', 'mentor_jax.stack'}),
+    # Serving reads exports and checkpoints, never the trainer.
+    *((f'mentor_jax.serving.{m}', {'mentor_jax.train', 'mentor_jax.stack',
+                                   'mentor_jax.runbook', 'mentor_jax.main'})
+      for m in ('export', 'cold', 'index', 'server')),
+    # The service runs from an export alone: no model code.
+    ('mentor_jax.serving.server', {'mentor_jax.registry', 'mentor_jax.epoch',
+                                   'mentor_jax.evaluate'}),
     ('mentor_jax.report', {'mentor_jax.train', 'mentor_jax.stack',
                            'mentor_jax.epoch'}),
     ('mentor_jax.train', {'mentor_jax.report', 'mentor_jax.main',

@@ -198,6 +198,7 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> LayerGCN:
 
 LAYERGCN_FAMILY = family.ModelFamily(
     name='layergcn', display_name='LayerGCN', hparams=Hparams,
+    item_features=False,
     create_model=create_model, loss=loss, score=score,
     epoch_setup=epoch_setup,
     sweepable=frozenset({'reg_weight'}),

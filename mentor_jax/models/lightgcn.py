@@ -82,6 +82,7 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> LightGCN:
 
 LIGHTGCN_FAMILY = family.ModelFamily(
     name='lightgcn', display_name='LightGCN', hparams=Hparams,
+    item_features=False,
     create_model=create_model, loss=loss, score=score,
     sweepable=frozenset({'reg_weight'}),
     table_params=('user_emb', 'item_emb'), report_keys=('n_layers',),

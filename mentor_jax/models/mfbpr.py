@@ -62,6 +62,7 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> MFBPR:
 
 MFBPR_FAMILY = family.ModelFamily(
     name='mfbpr', display_name='MF-BPR', hparams=Hparams,
+    item_features=False,
     create_model=create_model, loss=loss, score=score,
     sweepable=frozenset({'reg_weight'}),
     table_params=('user_emb', 'item_emb'),
