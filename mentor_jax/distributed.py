@@ -322,7 +322,7 @@ class ShardedEvaluator:
     for name, plan in self._plans.items():
       if plan.users.size == 0:
         out[name] = {f'{m}@{k}': float('nan') for k in self._ks
-                     for m in ('recall', 'ndcg', 'precision')}
+                     for m in metrics_lib.METRICS}
         continue
       _, hits = self._rank(plan, user_emb, item_emb)
       per_user = metrics_lib.topk_metrics(hits, plan.n_gt, self._ks)

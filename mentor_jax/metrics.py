@@ -1,4 +1,4 @@
-"""Full-ranking top-K evaluation (Recall, NDCG, Precision) in user chunks.
+"""Full-ranking top-K evaluation (Recall, NDCG, Precision, MAP, Hit, MRR).
 
 Follows MMRec's `TopKEvaluator` as used by MENTOR (spec §5):
   * every item is ranked; the user's training items are excluded (their
@@ -7,6 +7,9 @@ Follows MMRec's `TopKEvaluator` as used by MENTOR (spec §5):
   * NDCG@K = DCG / IDCG, DCG = sum_r h_r / log2(r + 1),
     IDCG = sum_{r <= min(|G_u|, K)} 1 / log2(r + 1);
   * Precision@K = hits@K / K;
+  * MAP@K = sum_{r <= K} h_r * Precision@r / min(|G_u|, K) (MMRec's `map_`);
+  * Hit@K = 1 if hits@K > 0 else 0; MRR@K = 1 / (rank of the first hit) if
+    it is within K, else 0 (RecBole's `hit` and `mrr`);
   * the mean is over users with at least one ground-truth row.
 |G_u| counts the user's rows in the split, duplicates included; a top-K item
 is a hit if it occurs at least once in the user's ground truth.
@@ -33,6 +36,9 @@ import numpy as np
 from data_prep import convert
 
 Array = jax.Array
+
+# Every metric, in the order results list them (per cut-off K).
+METRICS = ('recall', 'ndcg', 'precision', 'map', 'hit', 'mrr')
 
 
 class TopK(NamedTuple):
@@ -204,7 +210,7 @@ def rank_users(
 
 def topk_metrics(hits: np.ndarray, n_gt: np.ndarray,
                  ks: Sequence[int] = (5, 10, 20, 50)) -> dict[str, np.ndarray]:
-  """Per-user Recall / NDCG / Precision at each K from a hit matrix.
+  """Per-user metrics (`METRICS`) at each K from a hit matrix.
 
   Args:
     hits: [n, k_max] bool, hit flags of the ranked items, best first;
@@ -213,23 +219,31 @@ def topk_metrics(hits: np.ndarray, n_gt: np.ndarray,
     ks: cut-offs.
 
   Returns:
-    {'recall@K', 'ndcg@K', 'precision@K': float64 [n]} for each K.
+    {'<metric>@K': float64 [n]} for each metric and K.
   """
   hits = np.asarray(hits, dtype=np.float64)
   n_gt = np.asarray(n_gt, dtype=np.int64)
   k_max = max(ks)
   if hits.shape[1] < k_max:
     raise ValueError(f'hits has {hits.shape[1]} columns, need {k_max}')
-  discount = 1.0 / np.log2(np.arange(2, k_max + 2, dtype=np.float64))
-  dcg = np.cumsum(hits[:, :k_max] * discount, axis=1)
+  hits = hits[:, :k_max]
+  ranks = np.arange(1, k_max + 1, dtype=np.float64)
+  discount = 1.0 / np.log2(ranks + 1)
+  dcg = np.cumsum(hits * discount, axis=1)
   ideal = np.cumsum(discount)
-  n_hits = np.cumsum(hits[:, :k_max], axis=1)
+  n_hits = np.cumsum(hits, axis=1)
+  # Precision at each hit's rank, summed up to K (MAP's numerator).
+  precision_at_hits = np.cumsum(hits * n_hits / ranks, axis=1)
+  first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, k_max + 1)
   out = {}
   for k in ks:
     out[f'recall@{k}'] = n_hits[:, k - 1] / n_gt
     idcg = ideal[np.minimum(n_gt, k) - 1]
     out[f'ndcg@{k}'] = dcg[:, k - 1] / idcg
     out[f'precision@{k}'] = n_hits[:, k - 1] / k
+    out[f'map@{k}'] = precision_at_hits[:, k - 1] / np.minimum(n_gt, k)
+    out[f'hit@{k}'] = (n_hits[:, k - 1] > 0).astype(np.float64)
+    out[f'mrr@{k}'] = np.where(first <= k, 1.0 / first, 0.0)
   return out
 
 
@@ -259,8 +273,8 @@ def evaluate_embeddings(
     precision: matmul precision of the scores.
 
   Returns:
-    {'recall@K', 'ndcg@K', 'precision@K': float} for each K, unrounded
-    (NaN if no user has ground truth).
+    {'<metric>@K': float} for each of `METRICS` and K, unrounded (NaN if
+    no user has ground truth).
   """
   per_user = per_user_metrics(user_emb, item_emb, eval_indptr, eval_items,
                               mask_indptr, mask_items, ks=ks,
@@ -287,7 +301,7 @@ def per_user_metrics(
 
   Returns:
     {'users': int64 [n] (ascending, those with ground truth), and
-    'recall@K', 'ndcg@K', 'precision@K': float64 [n] for each K}.
+    '<metric>@K': float64 [n] for each of `METRICS` and K}.
   """
   ranked = rank_users(user_emb, item_emb, eval_indptr, eval_items,
                       mask_indptr, mask_items, k=max(ks),
@@ -332,7 +346,7 @@ def evaluate_splits(
     ks, chunk_size, precision: as in `evaluate_embeddings`.
 
   Returns:
-    {name: {'recall@K', 'ndcg@K', 'precision@K': float}}.
+    {name: {'<metric>@K': float}}.
   """
   n_users, n_items = user_emb.shape[0], item_emb.shape[0]
   pairs = {name: _pairs(*csr) for name, csr in splits.items()}
@@ -362,7 +376,7 @@ def evaluate_splits(
 
 
 class Evaluator:
-  """Full-ranking Recall/NDCG of a dataset's valid and test splits.
+  """Full-ranking metrics of a dataset's valid and test splits.
 
   Args:
     dataset: a `data.Dataset` (its split CSRs stay on the host).

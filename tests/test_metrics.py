@@ -26,7 +26,7 @@ def brute_force(user_emb, item_emb, gt_lists, train_lists, ks):
   ie = np.asarray(item_emb, np.float64)
   n_items = ie.shape[0]
   per_user = {f'{m}@{k}': [] for k in ks
-              for m in ('recall', 'ndcg', 'precision')}
+              for m in ('recall', 'ndcg', 'precision', 'map', 'hit', 'mrr')}
   users, tops = [], []
   for u, gt in enumerate(gt_lists):
     if len(gt) == 0:
@@ -46,6 +46,12 @@ def brute_force(user_emb, item_emb, gt_lists, train_lists, ks):
       per_user[f'recall@{k}'].append(h.sum() / len(gt))
       per_user[f'ndcg@{k}'].append(dcg / idcg)
       per_user[f'precision@{k}'].append(h.sum() / k)
+      # MMRec's map_: precision at each hit's rank, over min(|G|, K).
+      ap = sum(h[:r + 1].sum() / (r + 1) for r in range(len(h)) if h[r])
+      per_user[f'map@{k}'].append(ap / min(len(gt), k))
+      per_user[f'hit@{k}'].append(float(h.any()))
+      first = next((r + 1 for r in range(len(h)) if h[r]), None)
+      per_user[f'mrr@{k}'].append(1 / first if first else 0.0)
   means = {key: float(np.mean(v)) for key, v in per_user.items()}
   return users, tops, per_user, means
 
@@ -108,6 +114,14 @@ def test_hand_made_case():
       # User 0: IDCG over min(2, 5) = 2 ranks; user 2: over min(3, 5) = 3.
       'ndcg@5': ((1 / l2(3) + 1 / l2(6)) / (1 + 1 / l2(3))
                  + (1 + 1 / l2(6)) / (1 + 1 / l2(3) + 1 / l2(4))) / 2,
+      # MAP: precision at each hit's rank over min(|G|, K). User 0 hits at
+      # ranks 2 and 5, user 2 at ranks 1 and 5.
+      'map@1': (0 + 1 / 1) / 2,
+      'map@2': ((1 / 2) / 2 + 1 / 2) / 2,
+      'map@5': ((1 / 2 + 2 / 5) / 2 + (1 + 2 / 5) / 3) / 2,
+      'hit@1': (0 + 1) / 2, 'hit@2': 1.0, 'hit@5': 1.0,
+      'mrr@1': (0 + 1) / 2, 'mrr@2': (1 / 2 + 1) / 2,
+      'mrr@5': (1 / 2 + 1) / 2,
   }
   assert_metrics_close(got, expected)
 
