@@ -153,8 +153,9 @@ def stack_groups(config: ml_collections.ConfigDict,
   return groups
 
 
-def _with(config: ml_collections.ConfigDict,
-          values: dict[str, Any]) -> ml_collections.ConfigDict:
+def with_values(config: ml_collections.ConfigDict,
+                values: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `config` with `values` set (a grid cell)."""
   out = ml_collections.ConfigDict(config.to_dict())
   for key, value in values.items():
     out[key] = value
@@ -200,13 +201,13 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   jobs = []  # (name, config, static cell)
   if stacked:
     for static, swept in stack_groups(config, grid):
-      job = _with(config, static)
+      job = with_values(config, static)
       job.sweep = sweep_text(swept)
       train.check_config(job)
       jobs.append((cell_name(static) if static else 'stack', job, static))
   else:
     for cell in cells(grid):
-      job = _with(config, cell)
+      job = with_values(config, cell)
       train.check_config(job)
       jobs.append((cell_name(cell), job, cell))
   if not jobs:

@@ -122,6 +122,27 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
               df=float(res.df))
 
 
+def holm(p_values: Sequence[float]) -> np.ndarray:
+  """Holm's step-down adjustment of p-values for multiple comparisons.
+
+  The i-th smallest of m p-values becomes max over j <= i of
+  min(1, (m - j + 1) p_(j)); rejecting where the adjusted p < alpha keeps
+  the family-wise error rate at alpha. NaN p-values are left out of m and
+  stay NaN.
+
+  Returns:
+    float64 [m], in the order given.
+  """
+  p = np.asarray(p_values, dtype=np.float64)
+  out = np.full(p.shape, math.nan)
+  valid = np.flatnonzero(~np.isnan(p))
+  order = valid[np.argsort(p[valid], kind='stable')]
+  m = order.size
+  scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+  out[order] = np.maximum.accumulate(scaled)
+  return out
+
+
 def paired_users(per_user_a: Mapping[str, np.ndarray],
                  per_user_b: Mapping[str, np.ndarray],
                  metric: str) -> dict[str, Any]:

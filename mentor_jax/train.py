@@ -280,6 +280,11 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       with console.transient('compiling the training epoch ...'):
         compiled = runs.compile(state)
       epoch_lib.release_freed_host_memory()
+    memory = compiled and console.peak_memory_bytes(*compiled.programs)
+    if chief and compiled:  # the study's Table 3 reads it (study_tables.py)
+      workdir_lib.write_json_atomic(workdir / 'compiled.json', {
+          'peak_bytes': memory and memory['peak'],
+          'compile_s': compiled.compile_s})
     if chief:
       logging.info('%s', console.startup_block(
           devices=list(runner.mesh.devices.flat), dataset=dataset,
@@ -287,7 +292,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
           n_steps=runs.n_steps, batch_size=runs.hp.batch_size,
           kernel=runs.hp.spmm_kernel, model=runs.label, workdir=workdir,
           epochs=(last_epoch + 1, final_epoch),
-          memory=compiled and console.peak_memory_bytes(*compiled.programs),
+          memory=memory,
           compile_s=compiled and compiled.compile_s,
           cache=compiled.cache.describe() if compiled else ''))
     # The bar inside each epoch (progress.py): process 0.

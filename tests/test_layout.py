@@ -169,7 +169,11 @@ def test_no_import_cycles():
     ('mentor_jax.report', {'mentor_jax.train', 'mentor_jax.stack',
                            'mentor_jax.epoch'}),
     ('mentor_jax.train', {'mentor_jax.report', 'mentor_jax.main',
-                          'mentor_jax.grid'}),
+                          'mentor_jax.grid', 'mentor_jax.study'}),
+    ('mentor_jax.grid', {'mentor_jax.study'}),
+    # The study's tables read finished runs only.
+    ('mentor_jax.study_tables', {'mentor_jax.train', 'mentor_jax.stack',
+                                 'mentor_jax.epoch', 'mentor_jax.study'}),
 ])
 def test_layering(module, banned):
   bad = _resolved(MODULES[module]) & banned

@@ -148,6 +148,29 @@ def _side(users, **metrics):
           **{k: np.asarray(v, np.float64) for k, v in metrics.items()}}
 
 
+def test_holm_hand_computed():
+  # m = 4, sorted p: .01, .02, .03, .04 -> 4*.01, 3*.02, 2*.03, 1*.04 =
+  # .04, .06, .06, .04 -> running max .04, .06, .06, .06; given unsorted.
+  got = stats.holm([0.03, 0.01, 0.04, 0.02])
+  np.testing.assert_allclose(got, [0.06, 0.04, 0.06, 0.06], rtol=1e-15)
+  # Capped at 1; a NaN stays NaN and does not count in m (m = 2 here).
+  got = stats.holm([0.6, math.nan, 0.01])
+  np.testing.assert_allclose(got[[0, 2]], [0.6, 0.02], rtol=1e-15)
+  assert math.isnan(got[1])
+  assert stats.holm([0.7, 0.9]).tolist() == [1.0, 1.0]
+  assert stats.holm([]).size == 0
+
+
+def test_holm_against_brute_force_definition():
+  rng = np.random.default_rng(0)
+  p = rng.uniform(0, 0.2, size=9)
+  order = sorted(range(9), key=lambda i: p[i])
+  want = np.empty(9)
+  for rank, i in enumerate(order):
+    want[i] = max(min(1.0, (9 - j) * p[order[j]]) for j in range(rank + 1))
+  np.testing.assert_allclose(stats.holm(p), want, rtol=1e-15)
+
+
 def test_paired_identical_groups_give_p_one():
   x = np.random.default_rng(1).random(50)
   out = stats.paired_users(_side(range(50), m=x), _side(range(50), m=x), 'm')

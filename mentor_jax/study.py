@@ -1,0 +1,387 @@
+"""The paper's experiment as one command: each model's search, its seeds, the
+tables and figures.
+
+  mentor-study --config tiktok --models mentor,lightgcn,freedom \
+      --seeds 0,1,2 --search random --cells 4 --workdir studies/tiktok
+  mentor-study --config tiny --workdir studies/tiny --estimate
+  mentor-study ... --config.epochs=100     # any config key, every model
+
+For a dataset config (`configs/<name>.py`, which takes the model as its
+argument) and each model (default: every registered one):
+1. the search: the cells of the model's grid (`config.grid`: MMRec's yaml
+   grid, or the official code's, MENTOR's included), all of them
+   (`--search grid`) or a seeded sample of `--cells` (`--search random`),
+   each trained with the first seed in `<workdir>/<model>/search/<cell>`;
+2. selection on validation (`config.valid_metric` at each cell's best
+   epoch); the cell a test-selected runner (MMRec's quick_start) would have
+   picked is recorded beside it;
+3. the selected cell with every seed, as one stack, in
+   `<workdir>/<model>/final`;
+4. the tables and figures (study_tables.py) in `<workdir>/tables`.
+
+Interrupted (Ctrl-C, SIGTERM, a crash), the same command resumes: finished
+trainings are read back, the stopped one resumes from its checkpoint. The
+plan (models, seeds, search, sampled cells, overrides) is written to
+`<workdir>/study.json` by the first run; a later run with other settings is
+refused. `--estimate` prints the runs, a seconds-per-epoch measured from one
+compiled epoch segment of each model, its peak memory (XLA's analysis) and
+the expected total time, and trains nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import sys
+import time
+import zlib
+from typing import Any, Callable, Sequence
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from mentor_jax import console
+from mentor_jax import errors
+from mentor_jax import grid as grid_lib
+from mentor_jax import main as main_lib
+from mentor_jax import registry
+from mentor_jax import train
+from mentor_jax import workdir as workdir_lib
+
+SEARCHES = ('grid', 'random')
+PLAN_FILE = 'study.json'
+
+
+@dataclasses.dataclass
+class Plan:
+  """What a study runs; `<workdir>/study.json` holds it."""
+
+  config: str
+  models: list[str]
+  seeds: list[int]
+  search: str
+  cells: int
+  overrides: dict[str, Any]
+  # Per model: the grid cells searched (the sample, for --search random).
+  searched: dict[str, list[dict[str, Any]]] = dataclasses.field(
+      default_factory=dict)
+
+
+def load_dataset_config(name: str, model: str) -> ml_collections.ConfigDict:
+  """`configs/<name>.py`'s get_config(model): a path or a shipped name."""
+  path = pathlib.Path(name)
+  if not path.is_file():
+    path = main_lib.shipped_config(name)
+    if path is None:
+      raise errors.ConfigError(f'--config {name}: no such file, and no '
+                               'shipped config of that name (tiny, small, '
+                               'baby, tiktok, ...)')
+  spec = importlib.util.spec_from_file_location(f'_study_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  try:
+    return module.get_config(model)
+  except TypeError as e:
+    raise errors.ConfigError(f'--config {name}: its get_config does not take '
+                             f'a model ({e}); name a dataset config') from e
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A copy with `overrides`, each typed like the config's own value."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    if key not in out:
+      raise errors.ConfigError(f'--config.{key}: not a key of the '
+                               f'{config.model} config')
+    out[key] = value
+  return out
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+  """['--config.epochs=5', ...] -> {'epochs': 5} (Python literals, else
+  text)."""
+  out = {}
+  for item in items:
+    key, sep, raw = item.removeprefix('--config.').partition('=')
+    if not item.startswith('--config.') or not sep or not key:
+      raise errors.ConfigError(f'{item}: expected --config.KEY=VALUE')
+    try:
+      out[key] = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      out[key] = raw
+  return out
+
+
+def search_cells(config: ml_collections.ConfigDict, search: str, n: int,
+                 model: str) -> list[dict[str, Any]]:
+  """The cells of the model's grid to train: all, or a seeded sample.
+
+  The sample depends only on the model's name and the grid, so the same
+  study samples the same cells on any machine.
+  """
+  every = grid_lib.cells(grid_lib.config_grid(config))
+  if search == 'grid' or n >= len(every):
+    return every
+  rng = np.random.default_rng(zlib.crc32(model.encode()))
+  return [every[i] for i in sorted(rng.choice(len(every), n, replace=False))]
+
+
+def make_plan(args: argparse.Namespace, overrides: dict[str, Any]) -> Plan:
+  models = (args.models.split(',') if args.models else registry.names())
+  unknown = [m for m in models if m not in registry.names()]
+  if unknown:
+    raise errors.ConfigError(f'--models: unknown {unknown}; the models are '
+                             f'{registry.names()}')
+  try:
+    seeds = [int(s) for s in args.seeds.split(',')]
+  except ValueError as e:
+    raise errors.ConfigError(f'--seeds {args.seeds}: expected integers such '
+                             'as 0,1,2') from e
+  if len(set(seeds)) != len(seeds) or not seeds:
+    raise errors.ConfigError(f'--seeds {args.seeds}: expected distinct seeds')
+  plan = Plan(args.config, models, seeds, args.search, args.cells, overrides)
+  for model in models:
+    config = apply_overrides(load_dataset_config(args.config, model),
+                             overrides)
+    plan.searched[model] = search_cells(config, args.search, args.cells,
+                                        model)
+  return plan
+
+
+def check_plan(workdir: pathlib.Path, plan: Plan) -> None:
+  """Writes the plan, or refuses one that differs from the stored one."""
+  path = workdir / PLAN_FILE
+  mine = json.loads(json.dumps(dataclasses.asdict(plan), default=str))
+  if path.exists():
+    stored = json.loads(path.read_text())
+    if stored != mine:
+      diff = sorted(k for k in mine if stored.get(k) != mine[k])
+      raise errors.ConfigError(
+          f'{path} holds a study with other settings ({", ".join(diff)}); '
+          'rerun it with the same arguments to resume, or use another '
+          '--workdir')
+    return
+  workdir.mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_json_atomic(path, mine)
+
+
+def model_config(plan: Plan, model: str) -> ml_collections.ConfigDict:
+  return apply_overrides(load_dataset_config(plan.config, model),
+                         plan.overrides)
+
+
+def run_model(plan: Plan, model: str, workdir: pathlib.Path,
+              train_fn: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+  """Search, selection and the seeds of one model.
+
+  Returns:
+    {'selected', 'selected_by_test', 'search': rows, 'final': result}, or
+    {'interrupted': signal name} when a training was stopped.
+  """
+  config = model_config(plan, model)
+  metric = config.valid_metric
+  rows = []
+  cells = plan.searched[model]
+  if len(cells) > 1:
+    for i, cell in enumerate(cells):
+      logging.info('study: %s, search cell %d/%d: %s', model, i + 1,
+                   len(cells), grid_lib.cell_name(cell))
+      job = grid_lib.with_values(config, cell)
+      job.seed = plan.seeds[0]
+      try:
+        result = train_fn(job, workdir / model / 'search' /
+                          grid_lib.cell_name(cell))
+      except errors.TrainingDivergedError as e:
+        # A cell that diverges is not selected; the others still count.
+        rows.append({'cell': cell, 'diverged': str(e), 'valid': {},
+                     'test': {}})
+        continue
+      if 'interrupted' in result:
+        return result
+      rows.append({'cell': cell, 'best_epoch': result['best_epoch'],
+                   'valid': result['valid'], 'test': result['test']})
+    scored = [j for j, row in enumerate(rows) if metric in row['valid']]
+    if not scored:
+      raise errors.TrainingDivergedError(
+          f'{model}: every searched cell diverged (first: '
+          f'{rows[0]["diverged"]})')
+    best = max(scored, key=lambda j: rows[j]['valid'][metric])
+    by_test = max(scored, key=lambda j: rows[j]['test'][metric])
+    selected, selected_by_test = cells[best], cells[by_test]
+  else:
+    selected = selected_by_test = cells[0] if cells else {}
+  logging.info('study: %s, seeds %s of %s', model, plan.seeds,
+               grid_lib.cell_name(selected))
+  job = grid_lib.with_values(config, selected)
+  if len(plan.seeds) > 1:
+    job.seeds = tuple(plan.seeds)
+  else:
+    job.seed = plan.seeds[0]
+  final = train_fn(job, workdir / model / 'final')
+  if 'interrupted' in final:
+    return final
+  return {'selected': selected, 'selected_by_test': selected_by_test,
+          'valid_metric': metric, 'search': rows, 'final': final}
+
+
+def run_study(plan: Plan, workdir: str | pathlib.Path,
+              train_fn: Callable[..., dict[str, Any]] | None = None,
+              reference: str | None = None) -> dict[str, Any]:
+  """Every model of `plan`, then the tables; resumable (module docstring).
+
+  Returns:
+    {'models': {model: run_model's result}} and the tables' paths, or
+    {'interrupted': signal name, 'model': model}. `reference`: the model
+    the tables compare the others with (default MENTOR, if studied).
+  """
+  from mentor_jax import study_tables  # pylint: disable=g-import-not-at-top
+  workdir = pathlib.Path(workdir)
+  train_fn = train_fn or train.train_and_evaluate
+  for model in plan.models:  # every config checked before anything trains
+    train.check_config(model_config(plan, model))
+  check_plan(workdir, plan)
+  out = {}
+  for model in plan.models:
+    result = run_model(plan, model, workdir, train_fn)
+    if 'interrupted' in result:
+      return {'interrupted': result['interrupted'], 'model': model}
+    out[model] = result
+  summary = {'plan': dataclasses.asdict(plan), 'models': out}
+  if reference is None and 'mentor' in plan.models:
+    reference = 'mentor'
+  summary['tables'] = study_tables.write_all(workdir, out, reference)
+  workdir_lib.write_text_atomic(workdir / 'study_summary.json',
+                                json.dumps(summary, indent=2, default=str))
+  return summary
+
+
+def estimate(plan: Plan, typical_epochs: int) -> list[dict[str, Any]]:
+  """Per model: its runs, and s/epoch and peak memory measured on one
+  compiled epoch's first steps (nothing is written); hours if every run
+  trains `typical_epochs` (or its limit, if lower) and at its limit."""
+  # pylint: disable=g-import-not-at-top
+  from mentor_jax import datasets
+  from mentor_jax import epoch as epoch_lib
+  # pylint: enable=g-import-not-at-top
+  rows = []
+  for model in plan.models:
+    config = model_config(plan, model)
+    config.seed = plan.seeds[0]
+    n_search = len(plan.searched[model]) if len(plan.searched[model]) > 1 else 0
+    s = epoch_lib.setup(config, datasets.load_for_config(config))
+    compiled = epoch_lib.compile_epoch(s.state, s.rest, s.data,
+                                       graphdef=s.graphdef, family=s.family,
+                                       hp=s.hp)
+    n_steps = epoch_lib.n_steps_of(s.family, s.data, s.hp)
+    # The epoch's set-up and first step, then one more step alone: the
+    # epoch is the first plus (n_steps - 1) of the second.
+    t0 = time.perf_counter()
+    epoch = compiled.begin(s.state, s.rest, s.data)
+    epoch, marker = compiled.steps(epoch, s.rest, s.data, np.int32(0),
+                                   np.int32(1))
+    marker.block_until_ready()
+    first = time.perf_counter() - t0
+    step = first
+    if n_steps > 1:
+      t0 = time.perf_counter()
+      _, marker = compiled.steps(epoch, s.rest, s.data, np.int32(1),
+                                 np.int32(2))
+      marker.block_until_ready()
+      step = time.perf_counter() - t0
+    seconds = first + (n_steps - 1) * step
+    memory = console.peak_memory_bytes(*compiled.programs)
+    runs = n_search + len(plan.seeds)
+    typical = min(typical_epochs, int(config.epochs))
+    rows.append({'model': model, 'search_runs': n_search,
+                 'final_runs': len(plan.seeds), 'epochs_at_most':
+                 int(config.epochs), 's_per_epoch': seconds,
+                 'compile_s': compiled.compile_s,
+                 'peak_gib': memory['peak'] / 2**30 if memory else None,
+                 'typical_epochs': typical,
+                 'hours_typical': runs * typical * seconds / 3600,
+                 'hours_at_most': runs * config.epochs * seconds / 3600})
+  return rows
+
+
+def format_estimate(rows: list[dict[str, Any]]) -> str:
+  lines = ['| model | search runs | final runs | s/epoch | compile s | peak '
+           'memory | epochs (limit) | hours at that | hours at the limit |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    peak = f'{r["peak_gib"]:.2f} GiB' if r['peak_gib'] is not None else '?'
+    lines.append(f'| {r["model"]} | {r["search_runs"]} | {r["final_runs"]} | '
+                 f'{r["s_per_epoch"]:.3g} | {r["compile_s"]:.1f} | {peak} | '
+                 f'{r["typical_epochs"]} ({r["epochs_at_most"]}) | '
+                 f'{r["hours_typical"]:.3g} | {r["hours_at_most"]:.3g} |')
+  typical = sum(r['hours_typical'] for r in rows)
+  most = sum(r['hours_at_most'] for r in rows)
+  lines.append(f'\nTraining: {typical:.3g} hours if every run stops after '
+               f'the epochs given (--estimate-epochs), {most:.3g} hours if '
+               'every run goes to its limit; a stack of seeds trains them '
+               'at once, usually faster than this sum of runs. Evaluation '
+               'and compilation not included.')
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      description=__doc__.split('\n')[0],
+      epilog='Any --config.KEY=VALUE applies to every model.')
+  parser.add_argument('--config', required=True,
+                      help='a dataset config (tiny, tiktok, baby, a file)')
+  parser.add_argument('--models', help='comma-separated (default: all)')
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--search', choices=SEARCHES, default='random')
+  parser.add_argument('--cells', type=int, default=8,
+                      help='cells sampled per model (--search random)')
+  parser.add_argument('--workdir', required=True, type=pathlib.Path)
+  parser.add_argument('--reference',
+                      help='the model Table 2 tests the others against '
+                      '(default: mentor, when it is in --models)')
+  parser.add_argument('--estimate', action='store_true',
+                      help='print the cost of the study; train nothing')
+  parser.add_argument('--estimate-epochs', type=int, default=150,
+                      help='epochs a run is expected to train before its '
+                      'early stop, for --estimate (default 150)')
+  parser.add_argument('--debug', action='store_true')
+  args, rest = parser.parse_known_args(argv)
+  if args.cells < 1:
+    parser.error(f'--cells {args.cells}: expected >= 1')
+  bad = [a for a in rest if not a.startswith('--config.')]
+  if bad:
+    parser.error(f'unrecognized arguments: {" ".join(bad)}')
+
+  # The trainings' epoch lines, as mentor-train prints them.
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+  console.setup_logging()
+  console.quiet_orbax_logs()
+
+  def run() -> int:
+    plan = make_plan(args, parse_overrides(rest))
+    if args.estimate:
+      print(format_estimate(estimate(plan, args.estimate_epochs)))
+      return 0
+    if args.reference and args.reference not in plan.models:
+      raise errors.ConfigError(f'--reference {args.reference}: not one of '
+                               f'--models {plan.models}')
+    result = run_study(plan, args.workdir, reference=args.reference)
+    if 'interrupted' in result:
+      print(f'stopped by {result["interrupted"]} in {result["model"]}; run '
+            'the same command again to resume', file=sys.stderr)
+      return 130 if result['interrupted'] == 'SIGINT' else 143
+    for name, path in result['tables'].items():
+      print(f'{name}: {path}')
+    return 0
+
+  return errors.run_cli(run, debug=args.debug)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
