@@ -83,7 +83,7 @@ def test_mesh_shape_refuses_the_rest_by_name(value):
 
 
 def test_mesh_shape_override_and_stacks_on_two_devices(data_root, tmp_path):
-  common = ('--config', 'tiny', '--config.epochs=1')
+  common = ('--config', 'tiny.py:lightgcn', '--config.epochs=1')
   # As README shows it: the first N devices.
   done = _cli(tmp_path, *common, '--workdir', 'one', '--config.mesh_shape=2',
               devices=2, data_root=data_root)

@@ -21,6 +21,13 @@ per seed. Over the epochs both sides have:
   a better rounded valid Recall@20): its best epoch and test Recall@20
   there, Welch's t-test over the seeds.
 
+`--official` instead of `--mmrec`: the logs of `official_worker.py` (DiffMM,
+MMSSL), whose code tests on the TEST split every epoch and has no
+validation pass: both sides' TEST Recall@20 curves are compared then (in
+the 'valid' columns), and the early-stop table is left out (the official
+code selects on test). Its loss: the official epoch loss, already a mean
+over batches.
+
 Writes a Markdown table (--out), a two-panel plot (--png) and the curves
 themselves (--csv).
 """
@@ -68,6 +75,24 @@ def mmrec_curves(logs: list[pathlib.Path]) -> list[dict[str, list]]:
     out.append({'loss': [e['loss'] / n_batches for e in per_epoch],
                 'valid': [e['valid'][METRIC] for e in per_epoch],
                 'test': [e['test'][METRIC] for e in per_epoch]})
+  return out
+
+
+def official_curves(logs: list[pathlib.Path]) -> list[dict[str, list]]:
+  """official_worker.py's per-epoch loss and test metric; the test curve
+  stands in for the validation one (the official code has none)."""
+  out = []
+  for log in logs:
+    lines = [l for l in log.read_text().splitlines()
+             if l.startswith('BENCH_RESULT ')]
+    if not lines:
+      raise SystemExit(f'{log}: no BENCH_RESULT line (the worker did not '
+                       'finish)')
+    per_epoch = json.loads(lines[-1].removeprefix('BENCH_RESULT '))[
+        'metrics_per_epoch']
+    test = [e['test'][METRIC] for e in per_epoch]
+    out.append({'loss': [e['loss'] for e in per_epoch], 'valid': test,
+                'test': test})
   return out
 
 
@@ -169,22 +194,23 @@ def _numbered(sides):
 
 
 def plot(model: str, ours: list[dict], mmrec: list[dict],
-         png: pathlib.Path) -> None:
+         png: pathlib.Path, side: str = 'MMRec\'s code',
+         split: str = 'valid') -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, key, label in ((axes[0], 'loss', 'training loss per batch'),
-                         (axes[1], 'valid', f'valid {METRIC}')):
+                         (axes[1], 'valid', f'{split} {METRIC}')):
     for curves, color, name in ((ours, 'tab:blue', 'mentor_jax'),
-                                (mmrec, 'tab:orange', 'MMRec')):
+                                (mmrec, 'tab:orange', side)):
       for k, c in enumerate(curves):
         ax.plot(c[key], color=color, alpha=0.8, lw=1,
                 label=f'{name} ({len(curves)} seeds)' if k == 0 else None)
     ax.set_xlabel('epoch')
     ax.set_ylabel(label)
     ax.legend()
-  fig.suptitle(f'{model} on TikTok: mentor_jax vs MMRec\'s code')
+  fig.suptitle(f'{model} on TikTok: mentor_jax vs {side}')
   fig.tight_layout()
   png.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(png, dpi=110)
@@ -194,7 +220,10 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--model', required=True)
   p.add_argument('--ours', nargs='+', required=True, type=pathlib.Path)
-  p.add_argument('--mmrec', nargs='+', required=True, type=pathlib.Path)
+  side = p.add_mutually_exclusive_group(required=True)
+  side.add_argument('--mmrec', nargs='+', type=pathlib.Path)
+  side.add_argument('--official', nargs='+', type=pathlib.Path,
+                    help='official_worker.py logs (test curves compared)')
   p.add_argument('--from-epoch', type=int, default=10)
   p.add_argument('--last', type=int, default=40)
   p.add_argument('--patience', type=int, default=20,
@@ -204,11 +233,20 @@ def main(argv=None) -> int:
   p.add_argument('--csv', type=pathlib.Path,
                  help='every curve by epoch (the plot\'s data)')
   args = p.parse_args(argv)
-  ours, mmrec = ours_curves(args.ours), mmrec_curves(args.mmrec)
+  ours = ours_curves(args.ours)
+  if args.official:
+    mmrec = official_curves(args.official)
+    for c in ours:  # test against test: the official code has no valid
+      c['valid'] = c['test']
+  else:
+    mmrec = mmrec_curves(args.mmrec)
   out = compare(ours, mmrec, from_epoch=args.from_epoch, last=args.last,
                 patience=args.patience)
   text = (HEADER.format(from_epoch=args.from_epoch, last=out['last']) + '\n'
           + markdown(args.model, out) + '\n')
+  if args.official:  # no early-stop table: the official code selects on test
+    text = text.split('\n\n')[0].replace('MMRec', 'official').replace(
+        'valid R@20', 'test R@20') + '\n'
   print(text, end='')
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +254,8 @@ def main(argv=None) -> int:
         {k: v for k, v in out.items() if not k.startswith('loss_o')
          and not k.startswith('loss_m')}, indent=1) + '\n```\n')
   if args.png:
-    plot(args.model, ours, mmrec, args.png)
+    plot(args.model, ours, mmrec, args.png,
+         *(('the official code', 'test') if args.official else ()))
   if args.csv:
     write_csv(args.csv, ours, mmrec)
   return 0
