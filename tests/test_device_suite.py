@@ -5,7 +5,10 @@ how to run"); SMOKE=1 runs its steps at tiny sizes on a CPU. Here it runs in
 CI's own environment: no carried wheels, no official checkout, no torch, so
 those steps must be recorded as skipped with a reason, never fail the suite.
 
-To keep the default run short this runs one step of each kind (the CLI
+Its smoke run (about 40 s) is marked slow, out of the default run and CI:
+a session that is lent a device runs `python -m pytest -q -m slow
+tests/test_device_suite.py` before its first device call. It runs one step
+of each kind (the CLI
 smoke run, a bench_train measurement with its synthetic data, the official
 side, the matmul bench); DEVICE_SUITE_ALL_STEPS=1 runs every step (about
 six minutes on 2 cores).
@@ -58,6 +61,7 @@ def suite_run(tmp_path_factory):
   return out, proc
 
 
+@pytest.mark.slow
 def test_suite_finishes_and_writes_three_files(suite_run):
   out, proc = suite_run
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -69,6 +73,7 @@ def test_suite_finishes_and_writes_three_files(suite_run):
   assert summary.strip() in proc.stdout  # printed last, for the reply's tail
 
 
+@pytest.mark.slow
 def test_measurements_are_strict_json_with_numbers(suite_run):
   out, _ = suite_run
   lines = [_strict_json(t) for t in
@@ -113,6 +118,7 @@ def test_measurements_are_strict_json_with_numbers(suite_run):
   assert rows and all(_is_number(r['fwd_bwd_float32_tflops']) for r in rows)
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite(suite_run):
   out, _ = suite_run
   before = (out / 'measurements.jsonl').read_text()
