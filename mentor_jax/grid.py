@@ -237,13 +237,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                    'valid': result['valid'], 'test': result['test']})
       continue
     rows.extend(_rows_of_stack(result, static, key_order=list(grid)))
-  scored = [j for j, row in enumerate(rows) if metric in row['valid']]
-  if not scored:
-    raise errors.TrainingDivergedError(
-        f'every cell of the grid diverged (first: {rows[0]["name"]}: '
-        f'{rows[0].get("diverged", "no metrics")})')
-  by_valid = max(scored, key=lambda j: rows[j]['valid'][metric])
-  by_test = max(scored, key=lambda j: rows[j]['test'][metric])
+  by_valid, by_test = select(rows, metric, 'the grid')
   summary = {'grid': grid, 'valid_metric': metric, 'cells': rows,
              'selected_by_valid': rows[by_valid]['name'],
              'selected_by_test': rows[by_test]['name']}
@@ -252,6 +246,26 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   workdir_lib.write_text_atomic(workdir / 'grid_summary.md',
                                 format_markdown(summary, by_valid, by_test))
   return summary
+
+
+def select(rows: list[dict[str, Any]], metric: str,
+           what: str) -> tuple[int, int]:
+  """(the row with the best valid `metric`, the one with the best test
+  `metric`: what a test-selected runner would report); rows of diverged
+  cells have no metrics and are never selected.
+
+  Raises:
+    TrainingDivergedError: every row diverged.
+  """
+  scored = [j for j, row in enumerate(rows) if metric in row['valid']]
+  if not scored:
+    first = rows[0] if rows else {}
+    raise errors.TrainingDivergedError(
+        f'every cell of {what} diverged (first: '
+        f'{first.get("name", first.get("cell"))}: '
+        f'{first.get("diverged", "no metrics")})')
+  return (max(scored, key=lambda j: rows[j]['valid'][metric]),
+          max(scored, key=lambda j: rows[j]['test'][metric]))
 
 
 def _rows_of_stack(result: dict[str, Any], static: dict[str, Any],

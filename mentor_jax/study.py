@@ -206,13 +206,7 @@ def run_model(plan: Plan, model: str, workdir: pathlib.Path,
         return result
       rows.append({'cell': cell, 'best_epoch': result['best_epoch'],
                    'valid': result['valid'], 'test': result['test']})
-    scored = [j for j, row in enumerate(rows) if metric in row['valid']]
-    if not scored:
-      raise errors.TrainingDivergedError(
-          f'{model}: every searched cell diverged (first: '
-          f'{rows[0]["diverged"]})')
-    best = max(scored, key=lambda j: rows[j]['valid'][metric])
-    by_test = max(scored, key=lambda j: rows[j]['test'][metric])
+    best, by_test = grid_lib.select(rows, metric, f"{model}'s search")
     selected, selected_by_test = cells[best], cells[by_test]
   else:
     selected = selected_by_test = cells[0] if cells else {}

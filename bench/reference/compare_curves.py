@@ -61,15 +61,20 @@ def ours_curves(workdirs: list[pathlib.Path]) -> list[dict[str, list]]:
   return out
 
 
+def bench_result(log: pathlib.Path) -> dict:
+  """The last `BENCH_RESULT` line of a worker's log."""
+  lines = [l for l in log.read_text().splitlines()
+           if l.startswith('BENCH_RESULT ')]
+  if not lines:
+    raise SystemExit(f'{log}: no BENCH_RESULT line (the worker did not '
+                     'finish)')
+  return json.loads(lines[-1].removeprefix('BENCH_RESULT '))
+
+
 def mmrec_curves(logs: list[pathlib.Path]) -> list[dict[str, list]]:
   out = []
   for log in logs:
-    lines = [l for l in log.read_text().splitlines()
-             if l.startswith('BENCH_RESULT ')]
-    if not lines:
-      raise SystemExit(f'{log}: no BENCH_RESULT line (the worker did not '
-                       'finish)')
-    result = json.loads(lines[-1].removeprefix('BENCH_RESULT '))
+    result = bench_result(log)
     n_batches = result['batches_per_epoch']
     per_epoch = result['metrics_per_epoch']
     out.append({'loss': [e['loss'] / n_batches for e in per_epoch],
@@ -83,13 +88,7 @@ def official_curves(logs: list[pathlib.Path]) -> list[dict[str, list]]:
   stands in for the validation one (the official code has none)."""
   out = []
   for log in logs:
-    lines = [l for l in log.read_text().splitlines()
-             if l.startswith('BENCH_RESULT ')]
-    if not lines:
-      raise SystemExit(f'{log}: no BENCH_RESULT line (the worker did not '
-                       'finish)')
-    per_epoch = json.loads(lines[-1].removeprefix('BENCH_RESULT '))[
-        'metrics_per_epoch']
+    per_epoch = bench_result(log)['metrics_per_epoch']
     test = [e['test'][METRIC] for e in per_epoch]
     out.append({'loss': [e['loss'] for e in per_epoch], 'valid': test,
                 'test': test})

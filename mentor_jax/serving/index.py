@@ -127,7 +127,6 @@ class ExactIndex:
     ids[np.isneginf(scores)] = -1
     return ids, scores
 
-
   def warm_up(self, k: int, max_queries: int) -> None:
     """Compiles the programs of every query bucket up to `max_queries`."""
     for q in range(self.MIN_QUERIES.bit_length() - 1,
