@@ -49,13 +49,17 @@ from mentor_jax import stats  # pylint: disable=g-import-not-at-top
 METRIC = 'recall@20'
 
 
-def ours_curves(workdirs: list[pathlib.Path]) -> list[dict[str, list]]:
-  """Per run: {'loss': [...], 'valid': [...]} by epoch."""
+def ours_curves(workdirs: list[pathlib.Path],
+                parts: list[str] | None = None) -> list[dict[str, list]]:
+  """Per run: {'loss': [...], 'valid': [...]} by epoch; the loss is the sum
+  of the logged `parts` (all of them by default)."""
   out = []
   for workdir in workdirs:
     for run in rundirs.run_dirs(workdir):
       records = rundirs.read_metrics(run)
-      out.append({'loss': [sum(r['loss'].values()) for r in records],
+      pick = lambda r: sum(v for k, v in r['loss'].items()
+                           if parts is None or k in parts)
+      out.append({'loss': [pick(r) for r in records],
                   'valid': [r['valid'][METRIC] for r in records],
                   'test': [r['test'][METRIC] for r in records]})
   return out
@@ -227,12 +231,17 @@ def main(argv=None) -> int:
   p.add_argument('--last', type=int, default=40)
   p.add_argument('--patience', type=int, default=20,
                  help='MMRec\'s stopping_step, for the early-stop table')
+  p.add_argument('--parts',
+                 help='comma-separated loss parts of ours to sum (default: '
+                 'all), to match what the other side logs, e.g. bpr,reg for '
+                 'DiffMM\'s "Loss"')
   p.add_argument('--png', type=pathlib.Path)
   p.add_argument('--out', type=pathlib.Path)
   p.add_argument('--csv', type=pathlib.Path,
                  help='every curve by epoch (the plot\'s data)')
   args = p.parse_args(argv)
-  ours = ours_curves(args.ours)
+  ours = ours_curves(args.ours,
+                     args.parts.split(',') if args.parts else None)
   if args.official:
     mmrec = official_curves(args.official)
     for c in ours:  # test against test: the official code has no valid
