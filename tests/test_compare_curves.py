@@ -73,3 +73,30 @@ def test_an_unfinished_mmrec_log_is_refused(tmp_path):
   log.write_text('epoch 0: train 1 s\n')
   with pytest.raises(SystemExit, match='no BENCH_RESULT line'):
     compare_curves.mmrec_curves([log])
+
+
+def test_official_side_compares_test_curves_and_chosen_parts(tmp_path):
+  # Ours logs parts a and b (half the loss each); the official log has only
+  # a per-batch 'loss' and test metrics.
+  ours = _ours(tmp_path / 'ours', [([2.0, 1.0], [0.1, 0.2])])
+  runs = compare_curves.ours_curves([ours], parts=['a'])
+  assert runs[0]['loss'] == [1.0, 0.5]  # part a alone
+  per_epoch = [{'epoch': e, 'loss': l, 'test': {'recall@20': t}}
+               for e, (l, t) in enumerate(zip([1.1, 0.5], [0.3, 0.4]))]
+  log = tmp_path / 'official.log'
+  log.write_text('BENCH_RESULT ' + json.dumps(
+      {'metrics_per_epoch': per_epoch}))
+  official = compare_curves.official_curves([log])
+  # The official test curve stands in for validation: test against test.
+  assert official == [{'loss': [1.1, 0.5], 'valid': [0.3, 0.4],
+                       'test': [0.3, 0.4]}]
+  out = tmp_path / 'out.md'
+  assert compare_curves.main(['--model', 'X', '--ours', str(ours),
+                              '--official', str(log), '--parts', 'a',
+                              '--from-epoch', '0', '--last', '2',
+                              '--out', str(out)]) == 0
+  text = out.read_text()
+  assert 'test R@20' in text and 'official seed spread' in text
+  assert 'early stop' not in text  # the official code selects on test
+  # |1.0 - 1.1| / 1.1 at epoch 0, 0 at epoch 1: median 4.55%, max 9.09%.
+  assert '| X | 2 | 4.55% / 9.09% |' in text
