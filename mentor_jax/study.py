@@ -54,6 +54,8 @@ from mentor_jax import train
 from mentor_jax import workdir as workdir_lib
 
 SEARCHES = ('grid', 'random')
+ABLATION_VARIANTS = ('mentor_f', 'mentor_g', 'mentor_fg', 'mentor_base',
+                     'mentor_l1', 'mentor_l2')
 PLAN_FILE = 'study.json'
 
 
@@ -67,6 +69,8 @@ class Plan:
   search: str
   cells: int
   overrides: dict[str, Any]
+  # MENTOR's ablation variants (configs/ablation.py) with its selected cell.
+  ablation: bool = False
   # Per model: the grid cells searched (the sample, for --search random).
   searched: dict[str, list[dict[str, Any]]] = dataclasses.field(
       default_factory=dict)
@@ -145,7 +149,11 @@ def make_plan(args: argparse.Namespace, overrides: dict[str, Any]) -> Plan:
                              'as 0,1,2') from e
   if len(set(seeds)) != len(seeds) or not seeds:
     raise errors.ConfigError(f'--seeds {args.seeds}: expected distinct seeds')
-  plan = Plan(args.config, models, seeds, args.search, args.cells, overrides)
+  if args.ablation and 'mentor' not in models:
+    raise errors.ConfigError('--ablation trains MENTOR\'s variants: add '
+                             'mentor to --models')
+  plan = Plan(args.config, models, seeds, args.search, args.cells, overrides,
+              args.ablation)
   for model in models:
     config = apply_overrides(load_dataset_config(args.config, model),
                              overrides)
@@ -224,6 +232,28 @@ def run_model(plan: Plan, model: str, workdir: pathlib.Path,
           'valid_metric': metric, 'search': rows, 'final': final}
 
 
+def run_ablation(plan: Plan, selected: dict[str, Any], workdir: pathlib.Path,
+                 train_fn: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+  """MENTOR's variants (Table 2's _f, _g, _fg rows; Fig. 3's base, L1, L2),
+  each MENTOR's selected cell with every seed, in
+  `<workdir>/mentor/ablation/<variant>`."""
+  from mentor_jax.configs import ablation  # pylint: disable=g-import-not-at-top
+  out = {}
+  for variant in ABLATION_VARIANTS:
+    logging.info('study: mentor, ablation %s', variant)
+    job = ablation.apply_variant(
+        grid_lib.with_values(model_config(plan, 'mentor'), selected), variant)
+    if len(plan.seeds) > 1:
+      job.seeds = tuple(plan.seeds)
+    else:
+      job.seed = plan.seeds[0]
+    result = train_fn(job, workdir / 'mentor' / 'ablation' / variant)
+    if 'interrupted' in result:
+      return result
+    out[variant] = result
+  return out
+
+
 def run_study(plan: Plan, workdir: str | pathlib.Path,
               train_fn: Callable[..., dict[str, Any]] | None = None,
               reference: str | None = None) -> dict[str, Any]:
@@ -246,10 +276,17 @@ def run_study(plan: Plan, workdir: str | pathlib.Path,
     if 'interrupted' in result:
       return {'interrupted': result['interrupted'], 'model': model}
     out[model] = result
+  if plan.ablation:
+    variants = run_ablation(plan, out['mentor']['selected'], workdir,
+                            train_fn)
+    if 'interrupted' in variants:
+      return {'interrupted': variants['interrupted'], 'model': 'mentor'}
   summary = {'plan': dataclasses.asdict(plan), 'models': out}
   if reference is None and 'mentor' in plan.models:
     reference = 'mentor'
-  summary['tables'] = study_tables.write_all(workdir, out, reference)
+  summary['tables'] = study_tables.write_all(
+      workdir, out, reference,
+      ABLATION_VARIANTS if plan.ablation else ())
   workdir_lib.write_text_atomic(workdir / 'study_summary.json',
                                 json.dumps(summary, indent=2, default=str))
   return summary
@@ -338,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--reference',
                       help='the model Table 2 tests the others against '
                       '(default: mentor, when it is in --models)')
+  parser.add_argument('--ablation', action='store_true',
+                      help='also MENTOR\'s variants with its selected '
+                      'setting: Table 2\'s _f/_g/_fg rows and Fig. 3')
   parser.add_argument('--estimate', action='store_true',
                       help='print the cost of the study; train nothing')
   parser.add_argument('--estimate-epochs', type=int, default=150,

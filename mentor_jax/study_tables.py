@@ -16,6 +16,8 @@ In `<workdir>/tables/`, rewritten at the end of every finished study run
 - sparsity.md / sparsity.png: test users in three groups of equal size by
   their number of training interactions (paper Fig. 6); Recall@20 per group
   and model.
+- ablation.md / ablation.png (with --ablation): MENTOR's variants (Table
+  2's _f, _g, _fg rows) and Fig. 3 (base, L1, L2, full).
 """
 
 from __future__ import annotations
@@ -46,7 +48,12 @@ def final_dir(workdir: pathlib.Path, model: str) -> pathlib.Path:
 
 def test_values(workdir: pathlib.Path, model: str) -> dict[str, list[float]]:
   """{metric: [test value of each seed's run at its best epoch]}."""
-  result = rundirs.read_result(final_dir(workdir, model))
+  return values_of(final_dir(workdir, model))
+
+
+def values_of(folder: pathlib.Path) -> dict[str, list[float]]:
+  """`test_values` of the runs in `folder` (a single run or a stack)."""
+  result = rundirs.read_result(folder)
   runs = result['runs'] if 'runs' in result else [result]
   return {m: [float(r['test'][m]) for r in runs] for m in METRICS}
 
@@ -256,8 +263,69 @@ def sparsity_png(sp: dict[str, Any], path: pathlib.Path) -> bool:
   return True
 
 
+ABLATION_TITLES = {'mentor': 'MENTOR', 'mentor_f': 'MENTOR_f',
+                   'mentor_g': 'MENTOR_g', 'mentor_fg': 'MENTOR_fg',
+                   'mentor_base': 'base', 'mentor_l1': 'L1',
+                   'mentor_l2': 'L2'}
+FIG3 = ('mentor_base', 'mentor_l1', 'mentor_l2', 'mentor')
+
+
+def ablation(workdir: pathlib.Path, variants: tuple[str, ...]
+             ) -> dict[str, dict[str, Any]]:
+  """{variant: {metric: summarize(seeds)}}, the full model as 'mentor'."""
+  folders = {'mentor': final_dir(workdir, 'mentor')}
+  folders.update({v: workdir / 'mentor' / 'ablation' / v for v in variants})
+  return {v: {m: stats.summarize(x) for m, x in values_of(f).items()}
+          for v, f in folders.items()}
+
+
+def ablation_markdown(ab: dict[str, dict[str, Any]]) -> str:
+  lines = ['| variant | ' + ' | '.join(HEADS) + ' |',
+           '|---' * (len(HEADS) + 1) + '|']
+  for v, per in ab.items():
+    cells = []
+    for m in METRICS:
+      s = per[m]
+      half = '' if s['n'] < 2 else f' ± {s["ci95"][1] - s["mean"]:.4f}'
+      cells.append(f'{s["mean"]:.4f}{half}')
+    lines.append(f'| {ABLATION_TITLES[v]} | ' + ' | '.join(cells) + ' |')
+  return ('MENTOR\'s variants with its selected setting (configs/ablation.py:'
+          ' _f no feature masking, _g no graph perturbation, base no '
+          'alignment, L1 / L2 alignment levels up to 1 / 2; Fig. 3 is base, '
+          'L1, L2, MENTOR). Test metrics, mean ± 95 % half-width over the '
+          'seeds.\n\n' + '\n'.join(lines) + '\n')
+
+
+def ablation_png(ab: dict[str, dict[str, Any]], path: pathlib.Path) -> bool:
+  """Fig. 3: Recall@20 and NDCG@20 of base, L1, L2 and the full model."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  shown = [v for v in FIG3 if v in ab]
+  fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+  for ax, metric in zip(axes, ('recall@20', 'ndcg@20')):
+    means = [ab[v][metric]['mean'] for v in shown]
+    halves = [ab[v][metric]['ci95'][1] - ab[v][metric]['mean']
+              if ab[v][metric]['n'] > 1 else 0 for v in shown]
+    ax.bar([ABLATION_TITLES[v] for v in shown], means, yerr=halves,
+           color='tab:blue', capsize=3)
+    ax.set_ylim(min(means) * 0.9, max(m + h for m, h in zip(means, halves))
+                * 1.02)
+    ax.set_title(metric)
+  fig.tight_layout()
+  tmp = path.with_name(f'.{path.name}.tmp.png')
+  fig.savefig(tmp, dpi=120)
+  plt.close(fig)
+  tmp.replace(path)
+  return True
+
+
 def write_all(workdir: pathlib.Path, results: dict[str, Any],
-              reference: str | None) -> dict[str, str]:
+              reference: str | None,
+              variants: tuple[str, ...] = ()) -> dict[str, str]:
   """Writes every table and figure; returns {name: path}."""
   models = list(results)
   out_dir = workdir / 'tables'
@@ -275,10 +343,15 @@ def write_all(workdir: pathlib.Path, results: dict[str, Any],
                                               'selected', 'selected_by_test')}
                                           for m, r in results.items()}},
                                      indent=2, default=str) + '\n'}
+  if variants:
+    ab = ablation(workdir, variants)
+    files['ablation.md'] = ablation_markdown(ab)
   written = {}
   for name, text in files.items():
     workdir_lib.write_text_atomic(out_dir / name, text)
     written[name] = str(out_dir / name)
   if sparsity_png(sp, out_dir / 'sparsity.png'):
     written['sparsity.png'] = str(out_dir / 'sparsity.png')
+  if variants and ablation_png(ab, out_dir / 'ablation.png'):
+    written['ablation.png'] = str(out_dir / 'ablation.png')
   return written

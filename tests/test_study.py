@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mentor_jax import errors
+from mentor_jax.configs import ablation
 from mentor_jax import rundirs
 from mentor_jax import stats
 from mentor_jax import study
@@ -32,12 +33,10 @@ def _args(workdir, **kw):
   return argv
 
 
-def _plan(data_root, workdir):
-  parser_args = _args(workdir)
+def _plan(data_root, models=MODELS, ablation=False):
   overrides = {'epochs': 2, 'data_npz': str(data_root / 'data' / 'tiny.npz')}
-  ns = type('Args', (), dict(config='tiny', models=MODELS, seeds='0,1',
-                             search='random', cells=2))
-  del parser_args
+  ns = type('Args', (), dict(config='tiny', models=models, seeds='0,1',
+                             search='random', cells=2, ablation=ablation))
   return study.make_plan(ns, overrides)
 
 
@@ -47,7 +46,7 @@ def finished(tiny_dataset, tmp_path_factory):
   (root / 'data').mkdir()
   shutil.copy(tiny_dataset, root / 'data' / 'tiny.npz')
   workdir = root / 'straight'
-  plan = _plan(root, workdir)
+  plan = _plan(root)
   result = study.run_study(plan, workdir, reference='lightgcn')
   return root, workdir, plan, result
 
@@ -70,7 +69,7 @@ def test_search_selects_on_validation_and_trains_every_seed(finished):
     for key, value in best['cell'].items():
       assert config[key] == value
   # The sample is fixed by the model's name: the same plan again.
-  again = _plan(finished[0], workdir)
+  again = _plan(finished[0])
   assert again.searched == plan.searched
 
 
@@ -159,6 +158,38 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
   assert 'no_such_key' in err and 'Traceback' not in err
   with pytest.raises(SystemExit):
     study.main(_args(tmp_path, cells='0'))
+
+
+@pytest.mark.slow  # MENTOR and its six variants: about a minute
+def test_ablation_trains_mentors_variants_with_its_selected_cell(finished):
+  root = finished[0]
+  workdir = root / 'ablation'
+  plan = _plan(root, models='mentor,mfbpr', ablation=True)
+  result = study.run_study(plan, workdir)
+  selected = result['models']['mentor']['selected']
+  for variant in study.ABLATION_VARIANTS:
+    folder = workdir / 'mentor' / 'ablation' / variant
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['variant'] == variant
+    # The selected cell, but for the switch the variant turns off (mentor_g
+    # sets mask_weight_g, a key of MENTOR's grid, to 0).
+    switches = ablation.VARIANTS[variant]
+    for key, value in selected.items():
+      assert config[key] == switches.get(key, value)
+    assert len(rundirs.read_result(folder)['runs']) == 2
+  config = json.loads((workdir / 'mentor' / 'ablation' / 'mentor_base' /
+                       'config.json').read_text())
+  assert config['align_levels'] == []
+  # The official code's feature masking has no gradient: MENTOR_f trains
+  # exactly as MENTOR (configs/ablation.py).
+  assert (study_tables.values_of(workdir / 'mentor' / 'ablation' / 'mentor_f')
+          == study_tables.test_values(workdir, 'mentor'))
+  text = (workdir / 'tables' / 'ablation.md').read_text()
+  for title in ('| MENTOR |', '| MENTOR_fg |', '| base |', '| L2 |'):
+    assert title in text
+  assert (workdir / 'tables' / 'ablation.png').exists()
+  with pytest.raises(errors.ConfigError, match='add mentor'):
+    _plan(root, models='mfbpr', ablation=True)
 
 
 def test_estimate_measures_every_model(data_root, monkeypatch, capsys):
