@@ -168,6 +168,10 @@ def check_plan(workdir: pathlib.Path, plan: Plan) -> None:
   mine = json.loads(json.dumps(dataclasses.asdict(plan), default=str))
   if path.exists():
     stored = json.loads(path.read_text())
+    # A plan stored before a field existed has that field's default.
+    for field in dataclasses.fields(Plan):
+      if field.default is not dataclasses.MISSING:
+        stored.setdefault(field.name, field.default)
     if stored != mine:
       diff = sorted(k for k in mine if stored.get(k) != mine[k])
       raise errors.ConfigError(

@@ -146,6 +146,11 @@ def test_a_changed_plan_is_refused(finished, tmp_path):
   other = study.Plan(**{**plan.__dict__, 'seeds': [0, 1, 2]})
   with pytest.raises(errors.ConfigError, match='other settings.*seeds'):
     study.check_plan(tmp_path, other)
+  # A plan written before --ablation existed resumes (the field's default).
+  stored = json.loads((tmp_path / 'study.json').read_text())
+  del stored['ablation']
+  (tmp_path / 'study.json').write_text(json.dumps(stored))
+  study.check_plan(tmp_path, plan)
   del root
 
 
