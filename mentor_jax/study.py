@@ -188,6 +188,16 @@ def model_config(plan: Plan, model: str) -> ml_collections.ConfigDict:
                          plan.overrides)
 
 
+def with_seeds(job: ml_collections.ConfigDict,
+               seeds: list[int]) -> ml_collections.ConfigDict:
+  """`job` trained with every seed: one stack, or one run for one seed."""
+  if len(seeds) > 1:
+    job.seeds = tuple(seeds)
+  else:
+    job.seed = seeds[0]
+  return job
+
+
 def run_model(plan: Plan, model: str, workdir: pathlib.Path,
               train_fn: Callable[..., dict[str, Any]]) -> dict[str, Any]:
   """Search, selection and the seeds of one model.
@@ -224,11 +234,7 @@ def run_model(plan: Plan, model: str, workdir: pathlib.Path,
     selected = selected_by_test = cells[0] if cells else {}
   logging.info('study: %s, seeds %s of %s', model, plan.seeds,
                grid_lib.cell_name(selected))
-  job = grid_lib.with_values(config, selected)
-  if len(plan.seeds) > 1:
-    job.seeds = tuple(plan.seeds)
-  else:
-    job.seed = plan.seeds[0]
+  job = with_seeds(grid_lib.with_values(config, selected), plan.seeds)
   final = train_fn(job, workdir / model / 'final')
   if 'interrupted' in final:
     return final
@@ -245,12 +251,9 @@ def run_ablation(plan: Plan, selected: dict[str, Any], workdir: pathlib.Path,
   out = {}
   for variant in ABLATION_VARIANTS:
     logging.info('study: mentor, ablation %s', variant)
-    job = ablation.apply_variant(
-        grid_lib.with_values(model_config(plan, 'mentor'), selected), variant)
-    if len(plan.seeds) > 1:
-      job.seeds = tuple(plan.seeds)
-    else:
-      job.seed = plan.seeds[0]
+    job = with_seeds(ablation.apply_variant(
+        grid_lib.with_values(model_config(plan, 'mentor'), selected),
+        variant), plan.seeds)
     result = train_fn(job, workdir / 'mentor' / 'ablation' / variant)
     if 'interrupted' in result:
       return result
