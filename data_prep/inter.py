@@ -245,27 +245,46 @@ def read_features(path: str | os.PathLike, n_items: int) -> np.ndarray:
     x.close()
     raise DataError(f'{path}: is a .npz archive; expected a single .npy '
                     'array (np.save) with one row per itemID')
+  return check_features(x, str(path), n_rows=n_items,
+                        rows_are=' (one per itemID, I = max itemID + 1)')
+
+
+def check_features(x: np.ndarray, where: str, *, n_rows: int | None = None,
+                   rows_are: str = '') -> np.ndarray:
+  """A feature matrix checked and cast to float32 [rows, d >= 1].
+
+  Args:
+    x: the array as read.
+    where: what to name in an error (a file, a file and a key).
+    n_rows: the rows expected, if known; `rows_are` says what they are.
+
+  Raises:
+    DataError: not a 2-d real numeric array, zero columns, other than
+      `n_rows` rows, a NaN/inf value (also after the cast: float64 values
+      beyond float32 range), or a value of magnitude >=
+      format.MAX_FEATURE_MAGNITUDE.
+  """
   if np.iscomplexobj(x):
-    raise DataError(f'{path}: expected real features, found complex dtype '
+    raise DataError(f'{where}: expected real features, found complex dtype '
                     f'{x.dtype} (the imaginary part would be lost)')
   if (x.ndim != 2 or not np.issubdtype(x.dtype, np.number)):
-    raise DataError(f'{path}: expected a 2-d numeric array, found '
+    raise DataError(f'{where}: expected a 2-d numeric array, found '
                     f'{x.dtype} shape {x.shape}')
   if x.shape[1] == 0:
-    raise DataError(f'{path}: expected at least one feature column, found '
+    raise DataError(f'{where}: expected at least one feature column, found '
                     f'shape {x.shape}')
-  if x.shape[0] != n_items:
-    raise DataError(f'{path}: expected {n_items} rows (one per itemID, '
-                    f'I = max itemID + 1), found {x.shape[0]}')
+  if n_rows is not None and x.shape[0] != n_rows:
+    raise DataError(f'{where}: expected {n_rows} rows{rows_are}, found '
+                    f'{x.shape[0]}')
   # Cast first: float64 values beyond float32 range become inf and are caught.
   with np.errstate(over='ignore'):
     x = x.astype(np.float32, copy=False)
   finite = np.isfinite(x).all(axis=1)
   if not finite.all():
     r = int(np.argmin(finite))
-    raise DataError(f'{path}: NaN or inf in row {r} (itemID {r}); '
+    raise DataError(f'{where}: NaN or inf in row {r} (itemID {r}); '
                     f'{int((~finite).sum())} bad rows in total')
   problem = feature_magnitude_problem(x)
   if problem:
-    raise DataError(f'{path}: {problem}')
+    raise DataError(f'{where}: {problem}')
   return x

@@ -29,8 +29,8 @@ import jax
 import numpy as np
 
 from data_prep import graphs
+from data_prep import inter
 from data_prep.format import DataError
-from data_prep.format import feature_magnitude_problem
 from mentor_jax import data as data_lib
 from mentor_jax import epoch as epoch_lib
 from mentor_jax import errors
@@ -60,14 +60,8 @@ def read_new_items(path: pathlib.Path, dataset: data_lib.Dataset
         n is not None and x.shape[0] != n):
       raise DataError(f'{path}: {key} has shape {x.shape}; expected '
                       f'[n, {dim}] with the same n >= 1 as feat_v')
-    if not np.issubdtype(x.dtype, np.number):
-      raise DataError(f'{path}: {key} has dtype {x.dtype}; expected numbers')
-    x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-      raise DataError(f'{path}: {key} holds NaN or infinite values')
-    problem = feature_magnitude_problem(x)
-    if problem:
-      raise DataError(f'{path}: {key}: {problem}')
+    # The checks of a dataset's feature files (dtype, NaN/inf, magnitude).
+    x = inter.check_features(x, f'{path}: {key}')
     n = x.shape[0]
     out.append(x)
   if 'ids' in arrays:
