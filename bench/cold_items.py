@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=g-import-not-at-top
 from data_prep import convert
+from mentor_jax import metrics
 from mentor_jax.serving import export as export_lib
 from mentor_jax.serving import index as index_lib
 
@@ -81,14 +82,12 @@ def prepare(src: pathlib.Path, out: pathlib.Path, fraction: float,
 
 def ranking_metrics(ranked: np.ndarray, truth: list[set[int]]
                     ) -> tuple[float, float]:
-  """Mean Recall@K and NDCG@K (MMRec's forms) of ranked [n, K] item ids."""
-  discount = 1 / np.log2(np.arange(2, K + 2))
-  recalls, ndcgs = [], []
-  for row, t in zip(ranked, truth):
-    hit = np.isin(row, list(t)).astype(float)
-    recalls.append(hit.sum() / len(t))
-    ndcgs.append((hit * discount).sum() / discount[:min(len(t), K)].sum())
-  return float(np.mean(recalls)), float(np.mean(ndcgs))
+  """Mean Recall@K and NDCG@K of ranked [n, K] item ids (metrics.py's)."""
+  hits = np.stack([np.isin(row, list(t)) for row, t in zip(ranked, truth)])
+  per_user = metrics.topk_metrics(hits, np.array([len(t) for t in truth]),
+                                  ks=(K,))
+  return (float(per_user[f'recall@{K}'].mean()),
+          float(per_user[f'ndcg@{K}'].mean()))
 
 
 def measure(prepared: pathlib.Path, export_dir: pathlib.Path) -> dict:
