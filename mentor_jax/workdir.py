@@ -126,6 +126,16 @@ def check_output(path: str | pathlib.Path, *, overwrite: bool = False
   if path.exists() and not overwrite:
     raise OutputExistsError(f'{path} exists; choose another name, or pass '
                             '--overwrite to replace it')
+  check_parents(path)
+
+
+def check_parents(path: pathlib.Path) -> None:
+  """Refuses an output path whose nearest existing parent is a file (the
+  missing folders after it are made when written).
+
+  Raises:
+    OutputExistsError: naming the path and the file on its way.
+  """
   for parent in path.parents:
     if parent.exists():
       if not parent.is_dir():

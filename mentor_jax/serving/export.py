@@ -42,6 +42,7 @@ from data_prep.format import DataError
 from mentor_jax import errors
 from mentor_jax import evaluate as evaluate_lib
 from mentor_jax import registry
+from mentor_jax import workdir as workdir_lib
 from mentor_jax.serving import cold
 
 FORMAT = 1
@@ -187,12 +188,7 @@ def check_out(out: pathlib.Path) -> None:
   if out.exists() or out.is_symlink():
     raise errors.OutputExistsError(
         f'{out} exists; an export is a new folder: choose another --out')
-  for parent in out.parents:
-    if parent.exists():
-      if not parent.is_dir():
-        raise errors.OutputExistsError(f'{out}: {parent} is a file, not a '
-                                       'folder')
-      break
+  workdir_lib.check_parents(out)
 
 
 def write(out: pathlib.Path, arrays: dict[str, Any]) -> None:
