@@ -167,6 +167,10 @@ TRAINER: dict[str, Spec] = {
                       _is_int(v) and 0 <= v < 2**31 for v in x)
                   and len(set(x)) == len(x)),
     'sweep': text(),
+    'freeze_runs': Spec('a tuple of distinct run indices >= 0 of a stack',
+                        lambda x: isinstance(x, (tuple, list)) and all(
+                            _is_int(v) and v >= 0 for v in x)
+                        and len(set(x)) == len(x)),
     # Runs of a stack computed at once: 'auto' (one at a time on a CPU, all
     # elsewhere), 'all' (one vmap) or a count such as '2'.
     'stack_parallel': Spec("'auto', 'all' or a count of runs such as '2'",
@@ -268,7 +272,8 @@ def config_to_json(config: Any) -> dict[str, Any]:
 # of the experiment.
 NOT_RESULT_KEYS = frozenset({
     'epochs', 'log_every_epochs', 'checkpoint_every_epochs', 'compile_cache',
-    'resume_other_data', 'data_npz', 'data_source', 'grid', 'variant'})
+    'resume_other_data', 'data_npz', 'data_source', 'grid', 'variant',
+    'freeze_runs'})
 
 
 def config_changes(saved: dict[str, Any], config: Any,

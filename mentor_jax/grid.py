@@ -153,6 +153,42 @@ def stack_groups(config: ml_collections.ConfigDict,
   return groups
 
 
+def sample_groups(config: ml_collections.ConfigDict,
+                  sample: list[dict[str, Any]]
+                  ) -> list[tuple[dict[str, Any], list[int]]]:
+  """Any list of cells (a sample of a grid) as stacks: [(the values its
+  cells share, [indices into `sample`])], in order of first appearance.
+
+  Cells share a stack when they agree on every key the model cannot sweep
+  and on which gated weights are zero (as `stack_groups`); the keys that
+  vary inside a group are its sweep (`sample_sweep`).
+  """
+  family = registry.get(config.model)
+  sweepable = stack.sweepable(family)
+  groups: dict[tuple, list[int]] = {}
+  for i, cell in enumerate(sample):
+    key = tuple((k, v) if k not in sweepable else
+                (k, v == 0) if k in family.gated else (k, None)
+                for k, v in cell.items())
+    groups.setdefault(key, []).append(i)
+  out = []
+  for members in groups.values():
+    first = sample[members[0]]
+    shared = {k: v for k, v in first.items()
+              if all(sample[i][k] == v for i in members)}
+    out.append((shared, members))
+  return out
+
+
+def sample_sweep(cells_: list[dict[str, Any]],
+                 shared: dict[str, Any]) -> str:
+  """`config.sweep` listing `cells_` one by one ('|' between them), over
+  the keys not in `shared`; '' when they share every key."""
+  return '|'.join(sweep_text({k: [v] for k, v in cell.items()
+                              if k not in shared}) for cell in cells_
+                  ) if len(cells_) > 1 else ''
+
+
 def with_values(config: ml_collections.ConfigDict,
                 values: dict[str, Any]) -> ml_collections.ConfigDict:
   """A copy of `config` with `values` set (a grid cell)."""

@@ -12,6 +12,33 @@ from mentor_jax import rundirs
 from mentor_jax import workdir as workdir_lib
 
 
+def pyplot():
+  """matplotlib's pyplot on the file-only Agg backend; None without
+  matplotlib (the `report` extra), so that figures are skipped, not
+  fatal."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return plt
+
+
+def save_png(fig, path: pathlib.Path, dpi: int = 100) -> None:
+  """Writes `fig` to `path` whole or not at all (a temporary name, then a
+  rename) and closes it."""
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f'.{path.name}.tmp.png')
+  try:
+    fig.savefig(tmp, dpi=dpi, metadata={'Software': workdir_lib.PNG_SOFTWARE})
+    tmp.replace(path)
+  finally:
+    plt.close(fig)
+    tmp.unlink(missing_ok=True)
+
+
 def run_label(run_dir: pathlib.Path, all_dirs: Sequence[pathlib.Path]) -> str:
   """The run's folder name, with its parent when two runs share a name."""
   names = [d.absolute().name for d in all_dirs]
@@ -78,11 +105,4 @@ def plot_curves(runs: Sequence[tuple[str, dict[str, Any],
     ax.set_xlabel('epoch')
     ax.grid(alpha=0.3)
   axes['valid'].legend(fontsize='small')
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.tmp.png')
-  try:
-    fig.savefig(tmp, dpi=100, metadata={'Software': workdir_lib.PNG_SOFTWARE})
-    tmp.replace(path)
-  finally:
-    plt.close(fig)
-    tmp.unlink(missing_ok=True)
+  save_png(fig, path)

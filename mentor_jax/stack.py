@@ -3,7 +3,8 @@
   python -m mentor_jax.train --config configs/tiktok.py --workdir runs/s \
       --config.seeds='(0,1,2)' --config.sweep='mask_weight_g=1e-4,1e-3'
 
-The runs are the Cartesian product of the sweep's values (last key fastest)
+The runs are the Cartesian product of the sweep's values (last key fastest;
+products separated by '|' are listed one after another: `sweep_cells`)
 times the seeds (fastest of all). They differ only in what a traced value
 can carry: the seed (parameters, shuffles, negatives, dropout masks) and the
 family's `sweepable` hyper-parameters (`ModelFamily.sweepable`, plus
@@ -16,8 +17,8 @@ code (kernels, k, layers, the paper switches, the model) cannot be swept:
 `mentor_jax.grid` groups cells by them and stacks the rest.
 
 Each run keeps its own early stopping: once it stops, its state stops
-changing (the stack still computes it; its results are discarded), and its
-best epoch is kept. On disk (rundirs.py), `<workdir>/runs/<k>/` is laid
+changing and its best epoch is kept. Run by run (the CPU's form) a stopped
+run is skipped; in a vmap the stack still computes it and discards it. On disk (rundirs.py), `<workdir>/runs/<k>/` is laid
 out as a single run's workdir (config.json with the run's seed and values,
 metrics.jsonl, result.json, per_user_test.npz, checkpoints/best), so that
 evaluate, recommend and report read a run of a stack as any run
@@ -107,6 +108,45 @@ def parse_sweep(text: str, config: ml_collections.ConfigDict,
   return sweep
 
 
+def sweep_cells(text: str, config: ml_collections.ConfigDict,
+                family: family_lib.ModelFamily) -> list[dict[str, float]]:
+  """The swept values of each run: the product of each part of
+  `config.sweep` separated by '|', in order.
+
+  'a=1,2;b=3|a=5;b=4' -> [{a: 1, b: 3}, {a: 2, b: 3}, {a: 5, b: 4}]: a
+  union of products lists any set of cells, such as a sample of a grid
+  (the study's successive halving stacks its sampled cells).
+
+  Raises:
+    ConfigError: naming the part of `config.sweep` that is wrong.
+  """
+  cells, keys = [], None
+  for block in text.split('|'):
+    sweep = parse_sweep(block, config, family)
+    if keys is not None and set(sweep) != set(keys):
+      raise errors.ConfigError(
+          f'config.sweep={text!r}: every part between | sweeps the same '
+          f'keys ({", ".join(keys)}); {block.strip()!r} sweeps '
+          f'{", ".join(sweep) or "nothing"}')
+    keys = keys or list(sweep)
+    cells += [{k: dict(zip(sweep, values))[k] for k in keys}
+              for values in itertools.product(*sweep.values())]
+  seen = set()
+  for cell in cells:
+    if tuple(cell.items()) in seen:
+      raise errors.ConfigError(
+          f'config.sweep={text!r}: the cell {cell} is listed twice (two '
+          'runs would be the same run)')
+    seen.add(tuple(cell.items()))
+  for key in set(keys) & family.gated:
+    if len({cell[key] == 0 for cell in cells}) > 1:
+      raise errors.ConfigError(
+          f'config.sweep={text!r}: {key}=0 removes its loss term, a '
+          'different program from the non-zero values; sweep them in '
+          'separate runs (the grid runner groups them).')
+  return cells
+
+
 def runs_from_config(config: ml_collections.ConfigDict,
                      family: family_lib.ModelFamily) -> list[RunSpec]:
   """The runs of `config`: the sweep's cells times the seeds."""
@@ -114,9 +154,7 @@ def runs_from_config(config: ml_collections.ConfigDict,
   if len(set(seeds)) != len(seeds):
     raise errors.ConfigError(f'config.seeds={tuple(seeds)!r}: a seed is '
                              'repeated (two runs would be the same)')
-  sweep = parse_sweep(config.get('sweep', '') or '', config, family)
-  cells = [dict(zip(sweep, values))
-           for values in itertools.product(*sweep.values())]
+  cells = sweep_cells(config.get('sweep', '') or '', config, family)
   return [RunSpec(i, seed, cell) for i, (cell, seed) in
           enumerate(itertools.product(cells, seeds))]
 
@@ -130,6 +168,7 @@ def run_config(config: ml_collections.ConfigDict,
     out[key] = type(config[key])(value)
   out.seeds = ()
   out.sweep = ''
+  out.freeze_runs = ()
   return out
 
 
@@ -179,7 +218,7 @@ def _keep_stopped(new: Any, old: Any, active: jax.Array) -> Any:
   return jax.tree.map(pick, new, old)
 
 
-def over_runs(fn, xs, parallel: int):
+def over_runs(fn, xs, parallel: int, active: jax.Array | None = None):
   """fn over the leading [K] axis of xs: `parallel` runs at a time.
 
   0 (or >= K): all K as one `vmap`, the accelerator's choice (the runs'
@@ -189,12 +228,24 @@ def over_runs(fn, xs, parallel: int):
   1.2-1.5x slower than K sequential runs on a 2-core CPU (TikTok and the
   Baby shape), with every run's temporaries live at once, and the scan as
   fast as them (0.94-1.3x).
+
+  With `active` ([K] bool), one run at a time skips the stopped runs (a
+  `cond` in a scan is a branch): their outputs are zeros, which the callers
+  replace by the kept state. Batched, the callers discard them instead.
   """
   if parallel == 1:
     # A plain scan over the runs: each run's ops keep their unbatched
     # shapes (lax.map's batch_size=1, or a vmap of one run, would add a
     # size-1 batch axis, measured slower).
-    return jax.lax.map(lambda x: fn(*x), xs)
+    if active is None:
+      return jax.lax.map(lambda x: fn(*x), xs)
+
+    def one_or_skip(x):
+      on, x = x
+      skipped = lambda: jax.tree.map(
+          lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *x))
+      return jax.lax.cond(on, lambda: fn(*x), skipped)
+    return jax.lax.map(one_or_skip, (active, xs))
   if parallel == 0 or parallel >= jax.tree.leaves(xs)[0].shape[0]:
     return jax.vmap(lambda x: fn(*x))(xs)
   return jax.lax.map(lambda x: fn(*x), xs, batch_size=parallel)
@@ -236,7 +287,7 @@ def stacked_begin(state: epoch_lib.TrainState, rest_shared: list[Any],
         graphdef=graphdef, family=family,
         hp=family_lib.with_values(hp, swept_k))
 
-  new = over_runs(one, (state, rest_stacked, swept), parallel)
+  new = over_runs(one, (state, rest_stacked, swept), parallel, active)
   return new._replace(state=_keep_stopped(new.state, state, active))
 
 
@@ -255,7 +306,7 @@ def stacked_steps(epoch: epoch_lib.Epoch, rest_shared: list[Any],
         stop, graphdef=graphdef, family=family,
         hp=family_lib.with_values(hp, swept_k))
 
-  new = over_runs(one, (epoch, rest_stacked, swept), parallel)
+  new = over_runs(one, (epoch, rest_stacked, swept), parallel, active)
   new = new._replace(state=_keep_stopped(new.state, epoch.state, active))
   return new, new.state.step + 0
 

@@ -12,6 +12,8 @@ argument) and each model (default: every registered one):
    grid, or the official code's, MENTOR's included), all of them
    (`--search grid`) or a seeded sample of `--cells` (`--search random`),
    each trained with the first seed in `<workdir>/<model>/search/<cell>`;
+   or that sample as stacks whose worse half is frozen after
+   `--rung-epochs`, twice that, ... (`--search halving`, halving.py);
 2. selection on validation (`config.valid_metric` at each cell's best
    epoch); the cell a test-selected runner (MMRec's quick_start) would have
    picked is recorded beside it;
@@ -37,7 +39,6 @@ import importlib.util
 import json
 import pathlib
 import sys
-import time
 import zlib
 from typing import Any, Callable, Sequence
 
@@ -48,12 +49,14 @@ import numpy as np
 from mentor_jax import console
 from mentor_jax import errors
 from mentor_jax import grid as grid_lib
+from mentor_jax import halving
 from mentor_jax import main as main_lib
 from mentor_jax import registry
 from mentor_jax import train
 from mentor_jax import workdir as workdir_lib
+from mentor_jax.configs import paper
 
-SEARCHES = ('grid', 'random')
+SEARCHES = ('grid', 'random', 'halving')
 ABLATION_VARIANTS = ('mentor_f', 'mentor_g', 'mentor_fg', 'mentor_base',
                      'mentor_l1', 'mentor_l2')
 PLAN_FILE = 'study.json'
@@ -71,9 +74,14 @@ class Plan:
   overrides: dict[str, Any]
   # MENTOR's ablation variants (configs/ablation.py) with its selected cell.
   ablation: bool = False
-  # Per model: the grid cells searched (the sample, for --search random).
+  # Per model: the grid cells searched (the sample, for random / halving).
   searched: dict[str, list[dict[str, Any]]] = dataclasses.field(
       default_factory=dict)
+  # --search halving: the first rung's epochs (halving.py).
+  rung_epochs: int = 10
+  # MENTOR searched over the paper's grid (configs/paper.py GRID), not
+  # the official code's.
+  paper_grid: bool = False
 
 
 def load_dataset_config(name: str, model: str) -> ml_collections.ConfigDict:
@@ -149,14 +157,17 @@ def make_plan(args: argparse.Namespace, overrides: dict[str, Any]) -> Plan:
                              'as 0,1,2') from e
   if len(set(seeds)) != len(seeds) or not seeds:
     raise errors.ConfigError(f'--seeds {args.seeds}: expected distinct seeds')
-  if args.ablation and 'mentor' not in models:
-    raise errors.ConfigError('--ablation trains MENTOR\'s variants: add '
-                             'mentor to --models')
+  if (args.ablation or args.paper_grid) and 'mentor' not in models:
+    raise errors.ConfigError('--ablation and --paper-grid are about '
+                             'MENTOR: add mentor to --models')
   plan = Plan(args.config, models, seeds, args.search, args.cells, overrides,
-              args.ablation)
+              args.ablation, rung_epochs=args.rung_epochs,
+              paper_grid=args.paper_grid)
   for model in models:
     config = apply_overrides(load_dataset_config(args.config, model),
                              overrides)
+    if args.paper_grid and model == 'mentor':
+      config.grid = paper.GRID
     plan.searched[model] = search_cells(config, args.search, args.cells,
                                         model)
   return plan
@@ -210,7 +221,15 @@ def run_model(plan: Plan, model: str, workdir: pathlib.Path,
   metric = config.valid_metric
   rows = []
   cells = plan.searched[model]
-  if len(cells) > 1:
+  if len(cells) > 1 and plan.search == 'halving':
+    logging.info('study: %s, successive halving of %d cells', model,
+                 len(cells))
+    found = halving.search(config, cells, plan.seeds[0], plan.rung_epochs,
+                           workdir / model / 'search', train_fn)
+    if 'interrupted' in found:
+      return found
+    rows = found['rows']
+  elif len(cells) > 1:
     for i, cell in enumerate(cells):
       logging.info('study: %s, search cell %d/%d: %s', model, i + 1,
                    len(cells), grid_lib.cell_name(cell))
@@ -228,6 +247,7 @@ def run_model(plan: Plan, model: str, workdir: pathlib.Path,
         return result
       rows.append({'cell': cell, 'best_epoch': result['best_epoch'],
                    'valid': result['valid'], 'test': result['test']})
+  if rows:
     best, by_test = grid_lib.select(rows, metric, f"{model}'s search")
     selected, selected_by_test = cells[best], cells[by_test]
   else:
@@ -299,74 +319,6 @@ def run_study(plan: Plan, workdir: str | pathlib.Path,
   return summary
 
 
-def estimate(plan: Plan, typical_epochs: int) -> list[dict[str, Any]]:
-  """Per model: its runs, and s/epoch and peak memory measured on one
-  compiled epoch's first steps (nothing is written); hours if every run
-  trains `typical_epochs` (or its limit, if lower) and at its limit."""
-  # pylint: disable=g-import-not-at-top
-  from mentor_jax import datasets
-  from mentor_jax import epoch as epoch_lib
-  # pylint: enable=g-import-not-at-top
-  rows = []
-  for model in plan.models:
-    config = model_config(plan, model)
-    config.seed = plan.seeds[0]
-    n_search = len(plan.searched[model]) if len(plan.searched[model]) > 1 else 0
-    s = epoch_lib.setup(config, datasets.load_for_config(config))
-    compiled = epoch_lib.compile_epoch(s.state, s.rest, s.data,
-                                       graphdef=s.graphdef, family=s.family,
-                                       hp=s.hp)
-    n_steps = epoch_lib.n_steps_of(s.family, s.data, s.hp)
-    # The epoch's set-up and first step, then one more step alone: the
-    # epoch is the first plus (n_steps - 1) of the second.
-    t0 = time.perf_counter()
-    epoch = compiled.begin(s.state, s.rest, s.data)
-    epoch, marker = compiled.steps(epoch, s.rest, s.data, np.int32(0),
-                                   np.int32(1))
-    marker.block_until_ready()
-    first = time.perf_counter() - t0
-    step = first
-    if n_steps > 1:
-      t0 = time.perf_counter()
-      _, marker = compiled.steps(epoch, s.rest, s.data, np.int32(1),
-                                 np.int32(2))
-      marker.block_until_ready()
-      step = time.perf_counter() - t0
-    seconds = first + (n_steps - 1) * step
-    memory = console.peak_memory_bytes(*compiled.programs)
-    runs = n_search + len(plan.seeds)
-    typical = min(typical_epochs, int(config.epochs))
-    rows.append({'model': model, 'search_runs': n_search,
-                 'final_runs': len(plan.seeds), 'epochs_at_most':
-                 int(config.epochs), 's_per_epoch': seconds,
-                 'compile_s': compiled.compile_s,
-                 'peak_gib': memory['peak'] / 2**30 if memory else None,
-                 'typical_epochs': typical,
-                 'hours_typical': runs * typical * seconds / 3600,
-                 'hours_at_most': runs * config.epochs * seconds / 3600})
-  return rows
-
-
-def format_estimate(rows: list[dict[str, Any]]) -> str:
-  lines = ['| model | search runs | final runs | s/epoch | compile s | peak '
-           'memory | epochs (limit) | hours at that | hours at the limit |',
-           '|---|---|---|---|---|---|---|---|---|']
-  for r in rows:
-    peak = f'{r["peak_gib"]:.2f} GiB' if r['peak_gib'] is not None else '?'
-    lines.append(f'| {r["model"]} | {r["search_runs"]} | {r["final_runs"]} | '
-                 f'{r["s_per_epoch"]:.3g} | {r["compile_s"]:.1f} | {peak} | '
-                 f'{r["typical_epochs"]} ({r["epochs_at_most"]}) | '
-                 f'{r["hours_typical"]:.3g} | {r["hours_at_most"]:.3g} |')
-  typical = sum(r['hours_typical'] for r in rows)
-  most = sum(r['hours_at_most'] for r in rows)
-  lines.append(f'\nTraining: {typical:.3g} hours if every run stops after '
-               f'the epochs given (--estimate-epochs), {most:.3g} hours if '
-               'every run goes to its limit; a stack of seeds trains them '
-               'at once, usually faster than this sum of runs. Evaluation '
-               'and compilation not included.')
-  return '\n'.join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       description=__doc__.split('\n')[0],
@@ -377,7 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--search', choices=SEARCHES, default='random')
   parser.add_argument('--cells', type=int, default=8,
-                      help='cells sampled per model (--search random)')
+                      help='cells sampled per model (--search random, '
+                      'halving)')
+  parser.add_argument('--rung-epochs', type=int, default=10,
+                      help='--search halving: epochs before the first '
+                      'halving (then twice that, ...; default 10)')
   parser.add_argument('--workdir', required=True, type=pathlib.Path)
   parser.add_argument('--reference',
                       help='the model Table 2 tests the others against '
@@ -385,6 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--ablation', action='store_true',
                       help='also MENTOR\'s variants with its selected '
                       'setting: Table 2\'s _f/_g/_fg rows and Fig. 3')
+  parser.add_argument('--paper-grid', action='store_true',
+                      help='search MENTOR over the paper\'s grid (p, '
+                      'lambda_f, lambda_g, tau, lambda_align: 2,520 cells, '
+                      'sampled by --cells) for Figs. 5 and 7')
   parser.add_argument('--estimate', action='store_true',
                       help='print the cost of the study; train nothing')
   parser.add_argument('--estimate-epochs', type=int, default=150,
@@ -394,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args, rest = parser.parse_known_args(argv)
   if args.cells < 1:
     parser.error(f'--cells {args.cells}: expected >= 1')
+  if args.rung_epochs < 1:
+    parser.error(f'--rung-epochs {args.rung_epochs}: expected >= 1')
   bad = [a for a in rest if not a.startswith('--config.')]
   if bad:
     parser.error(f'unrecognized arguments: {" ".join(bad)}')
@@ -407,7 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   def run() -> int:
     plan = make_plan(args, parse_overrides(rest))
     if args.estimate:
-      print(format_estimate(estimate(plan, args.estimate_epochs)))
+      from mentor_jax import study_estimate  # pylint: disable=g-import-not-at-top
+      print(study_estimate.format_estimate(
+          study_estimate.estimate(plan, args.estimate_epochs)))
       return 0
     if args.reference and args.reference not in plan.models:
       raise errors.ConfigError(f'--reference {args.reference}: not one of '

@@ -18,6 +18,8 @@ In `<workdir>/tables/`, rewritten at the end of every finished study run
   and model.
 - ablation.md / ablation.png (with --ablation): MENTOR's variants (Table
   2's _f, _g, _fg rows) and Fig. 3 (base, L1, L2, full).
+- sensitivity.md / sensitivity_*.png (with MENTOR): Figs. 5 and 7 from its
+  search, for the keys it varied (sensitivity.py).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ import numpy as np
 
 from mentor_jax import data as data_lib
 from mentor_jax import datasets
+from mentor_jax import plots
 from mentor_jax import registry
 from mentor_jax import rundirs
+from mentor_jax import sensitivity
 from mentor_jax import stats
 from mentor_jax import workdir as workdir_lib
 
@@ -238,11 +242,8 @@ def sparsity_markdown(sp: dict[str, Any]) -> str:
 
 def sparsity_png(sp: dict[str, Any], path: pathlib.Path) -> bool:
   """Grouped bars; False (nothing written) without matplotlib."""
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  plt = plots.pyplot()
+  if plt is None:
     return False
   models = list(sp['models'])
   width = 0.8 / len(models)
@@ -257,9 +258,7 @@ def sparsity_png(sp: dict[str, Any], path: pathlib.Path) -> bool:
   ax.set_ylabel('Recall@20')
   ax.legend(fontsize='small', ncol=2)
   fig.tight_layout()
-  fig.savefig(path.with_name(f'.{path.name}.tmp.png'), dpi=120)
-  plt.close(fig)
-  path.with_name(f'.{path.name}.tmp.png').replace(path)
+  plots.save_png(fig, path, dpi=120)
   return True
 
 
@@ -298,11 +297,8 @@ def ablation_markdown(ab: dict[str, dict[str, Any]]) -> str:
 
 def ablation_png(ab: dict[str, dict[str, Any]], path: pathlib.Path) -> bool:
   """Fig. 3: Recall@20 and NDCG@20 of base, L1, L2 and the full model."""
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  plt = plots.pyplot()
+  if plt is None:
     return False
   shown = [v for v in FIG3 if v in ab]
   fig, axes = plt.subplots(1, 2, figsize=(7, 3))
@@ -316,10 +312,7 @@ def ablation_png(ab: dict[str, dict[str, Any]], path: pathlib.Path) -> bool:
                 * 1.02)
     ax.set_title(metric)
   fig.tight_layout()
-  tmp = path.with_name(f'.{path.name}.tmp.png')
-  fig.savefig(tmp, dpi=120)
-  plt.close(fig)
-  tmp.replace(path)
+  plots.save_png(fig, path, dpi=120)
   return True
 
 
@@ -346,10 +339,17 @@ def write_all(workdir: pathlib.Path, results: dict[str, Any],
   if variants:
     ab = ablation(workdir, variants)
     files['ablation.md'] = ablation_markdown(ab)
+  figures = []
+  if 'mentor' in results:
+    figures = sensitivity.sensitivity(results['mentor']['search'],
+                                      results['mentor']['valid_metric'])
+    files['sensitivity.md'] = sensitivity.markdown(figures)
   written = {}
   for name, text in files.items():
     workdir_lib.write_text_atomic(out_dir / name, text)
     written[name] = str(out_dir / name)
+  for path in sensitivity.write_pngs(figures, out_dir):
+    written[path.name] = str(path)
   if sparsity_png(sp, out_dir / 'sparsity.png'):
     written['sparsity.png'] = str(out_dir / 'sparsity.png')
   if variants and ablation_png(ab, out_dir / 'ablation.png'):

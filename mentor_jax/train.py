@@ -130,6 +130,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """
   family = registry.get(config.model)
   config_spec.validate(config, family.config_spec, family.name)
+  frozen = tuple(config.get('freeze_runs') or ())
+  n_runs = frozen and stack_requested(config) and len(
+      stack_lib.runs_from_config(config, family))
+  if frozen and max(frozen) >= n_runs:
+    raise errors.ConfigError(
+        f'config.freeze_runs={frozen}: only runs of a stack freeze, and ' +
+        (f'this one has the runs 0..{n_runs - 1}' if n_runs else
+         'this config is one run (no config.seeds / config.sweep)'))
   if config.get('shard_tables') and not family.table_params:
     raise errors.ConfigError(
         f'config.shard_tables=True: model {family.name!r} has no trainable '
@@ -269,6 +277,10 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     for book in books:
       book.start(last_epoch)
       closing.callback(book.writer.close)
+    # Successive halving (halving.py) freezes runs: they stop as an early
+    # stop does, and stay stopped.
+    for k in config.get('freeze_runs') or ():
+      books[k].stopped = True
     # A run that stopped early stays stopped; others continue to
     # config.epochs.
     final_epoch = (last_epoch if all(b.stopped for b in books)

@@ -15,6 +15,7 @@ import pytest
 
 from mentor_jax import errors
 from mentor_jax.configs import ablation
+from mentor_jax import registry
 from mentor_jax import rundirs
 from mentor_jax import stats
 from mentor_jax import study
@@ -33,10 +34,12 @@ def _args(workdir, **kw):
   return argv
 
 
-def _plan(data_root, models=MODELS, ablation=False):
+def _plan(data_root, models=MODELS, ablation=False, **kw):
   overrides = {'epochs': 2, 'data_npz': str(data_root / 'data' / 'tiny.npz')}
-  ns = type('Args', (), dict(config='tiny', models=models, seeds='0,1',
-                             search='random', cells=2, ablation=ablation))
+  ns = type('Args', (), dict(dict(config='tiny', models=models, seeds='0,1',
+                                  search='random', cells=2, rung_epochs=10,
+                                  paper_grid=False,
+                                  ablation=ablation), **kw))
   return study.make_plan(ns, overrides)
 
 
@@ -140,6 +143,48 @@ def test_stopped_study_resumes_to_the_same_tables(finished):
             == (straight / 'tables' / name).read_text()), name
 
 
+def test_halving_study_selects_among_its_cells(finished):
+  # 3 cells, 2 epochs, a rung after 1: the worst cell is frozen there
+  # (tests/test_halving.py checks the decisions against the runs' logs).
+  root = finished[0]
+  plan = _plan(root, models='lightgcn', search='halving', cells=3,
+               rung_epochs=1)
+  result = study.run_study(plan, root / 'halving')
+  model = result['models']['lightgcn']
+  rows = model['search']
+  assert [r['cell'] for r in rows] == plan.searched['lightgcn']
+  assert sorted(r['frozen_after'] is None for r in rows) == [
+      False, True, True]
+  frozen = next(r for r in rows if r['frozen_after'] == 1)
+  assert frozen['epochs_run'] == 1
+  metric = model['valid_metric']
+  assert model['selected'] == max(rows, key=lambda r: r['valid'][metric])[
+      'cell']
+  final = rundirs.read_result(root / 'halving' / 'lightgcn' / 'final')
+  assert [r['seed'] for r in final['runs']] == [0, 1]
+
+
+@pytest.mark.slow  # every model, three trainings each: several minutes
+@pytest.mark.parametrize('search', ['random', 'halving'])
+def test_every_model_through_the_study(finished, search):
+  # The issue's study on the tiny data: all models, 2 seeds, 2 cells; with
+  # halving, each model's grid goes through sample_groups (gated keys,
+  # settings that change shapes).
+  root = finished[0]
+  models = ','.join(registry.names())
+  plan = _plan(root, models=models, search=search, rung_epochs=1)
+  result = study.run_study(plan, root / f'every_{search}')
+  for model in registry.names():
+    final = rundirs.read_result(root / f'every_{search}' / model / 'final')
+    assert [r['seed'] for r in final['runs']] == [0, 1], model
+    rows = result['models'][model]['search']
+    searched = plan.searched[model]  # one cell: nothing to search
+    assert len(rows) == (len(searched) if len(searched) > 1 else 0), model
+  md = (root / f'every_{search}' / 'tables' / 'table2.md').read_text()
+  for model in registry.names():
+    assert f'| {registry.get(model).title} |' in md, model
+
+
 def test_a_changed_plan_is_refused(finished, tmp_path):
   root, _, plan, _ = finished
   study.check_plan(tmp_path, plan)
@@ -163,6 +208,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
   assert 'no_such_key' in err and 'Traceback' not in err
   with pytest.raises(SystemExit):
     study.main(_args(tmp_path, cells='0'))
+  with pytest.raises(SystemExit):
+    study.main(_args(tmp_path, **{'rung-epochs': '0'}))
+  assert study.main(_args(tmp_path) + ['--paper-grid']) == 2
+  assert 'add mentor' in capsys.readouterr().err
+
+
+def test_paper_grid_samples_the_papers_grid_for_mentor_only(data_root):
+  from mentor_jax.configs import paper  # pylint: disable=g-import-not-at-top
+  plan = _plan(data_root, models='mentor,lightgcn', paper_grid=True,
+               cells=5)
+  cells = plan.searched['mentor']
+  assert len(cells) == 5 and len({str(c) for c in cells}) == 5
+  for cell in cells:
+    assert set(cell) == set(paper.GRID)
+    assert all(cell[k] in paper.GRID[k] for k in cell)
+  assert set(plan.searched['lightgcn'][0]) == {'n_layers', 'reg_weight'}
 
 
 @pytest.mark.slow  # MENTOR and its six variants: about a minute
@@ -213,3 +274,14 @@ def test_estimate_measures_every_model(data_root, monkeypatch, capsys):
     assert float(cells[7]) == pytest.approx(3 * 2 * float(cells[3]) / 3600,
                                             rel=1e-2)
   assert not pathlib.Path('unused').exists()
+  # Halving: 4 cells x 1 epoch, then 2 cells x 1 more (the rung-epochs is
+  # 1, the limit 2), and 1 seed x 2: 8 run-epochs.
+  assert study.main(['--config', 'tiny', '--models', 'lightgcn', '--seeds',
+                     '0', '--cells', '4', '--search', 'halving',
+                     '--rung-epochs', '1', '--workdir', 'unused',
+                     '--estimate', '--config.epochs=2']) == 0
+  row = next(l for l in capsys.readouterr().out.splitlines()
+             if l.startswith('| lightgcn |'))
+  cells = [c.strip() for c in row.split('|')[1:-1]]
+  assert float(cells[7]) == pytest.approx(8 * float(cells[3]) / 3600,
+                                          rel=1e-2)

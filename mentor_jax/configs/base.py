@@ -51,6 +51,10 @@ def trainer_config() -> ml_collections.ConfigDict:
   # time on a CPU (one run fills the cores; bench/RESULTS.md section 14),
   # all of them (one vmap) on a GPU/TPU; or 'all' / a count such as '2'.
   config.stack_parallel = 'auto'
+  # Runs of a stack (their indices) that train no further: successive
+  # halving (mentor-study --search halving) freezes the worse half of its
+  # cells this way; a frozen run keeps its best epoch, as an early stop.
+  config.freeze_runs = ()
 
   # Evaluation (overall.yaml): model selection on valid Recall@20 (MENTOR's
   # own overall.yaml: Recall@10); metrics are rounded to 4 decimals before

@@ -32,6 +32,17 @@ PAPER = {
 }
 
 
+# The grid the paper searched ("Implementation details"): p, lambda_f,
+# lambda_g, tau and lambda_align; 2,520 cells (`mentor-study --paper-grid`).
+GRID = {
+    'dropout': (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+    'mask_weight_f': (0.5, 1.0, 1.5, 2.0, 2.5),
+    'mask_weight_g': (1e-2, 1e-3, 1e-4),
+    'temp': (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    'align_weight': (0.1, 0.2, 0.3),
+}
+
+
 def apply_paper(config: ml_collections.ConfigDict
                 ) -> ml_collections.ConfigDict:
   """Sets the paper's formulation on `config` (in place) and returns it."""

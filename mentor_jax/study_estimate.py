@@ -1,0 +1,90 @@
+"""`mentor-study --estimate`: what a study would cost, before it trains.
+
+Per model, a seconds-per-epoch measured from the first two steps of its
+compiled epoch, the compiled program's peak memory (XLA's analysis), and
+the hours of training that the study's runs add up to.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from mentor_jax import console
+from mentor_jax import datasets
+from mentor_jax import epoch as epoch_lib
+from mentor_jax import halving
+from mentor_jax import study
+
+
+def estimate(plan: study.Plan, typical_epochs: int) -> list[dict[str, Any]]:
+  """Per model: its runs, and s/epoch and peak memory measured on one
+  compiled epoch's first steps (nothing is written); hours if every run
+  trains `typical_epochs` (or its limit, if lower) and at its limit."""
+  rows = []
+  for model in plan.models:
+    config = study.model_config(plan, model)
+    config.seed = plan.seeds[0]
+    n_search = len(plan.searched[model]) if len(plan.searched[model]) > 1 else 0
+    s = epoch_lib.setup(config, datasets.load_for_config(config))
+    compiled = epoch_lib.compile_epoch(s.state, s.rest, s.data,
+                                       graphdef=s.graphdef, family=s.family,
+                                       hp=s.hp)
+    n_steps = epoch_lib.n_steps_of(s.family, s.data, s.hp)
+    # The epoch's set-up and first step, then one more step alone: the
+    # epoch is the first plus (n_steps - 1) of the second.
+    t0 = time.perf_counter()
+    epoch = compiled.begin(s.state, s.rest, s.data)
+    epoch, marker = compiled.steps(epoch, s.rest, s.data, np.int32(0),
+                                   np.int32(1))
+    marker.block_until_ready()
+    first = time.perf_counter() - t0
+    step = first
+    if n_steps > 1:
+      t0 = time.perf_counter()
+      _, marker = compiled.steps(epoch, s.rest, s.data, np.int32(1),
+                                 np.int32(2))
+      marker.block_until_ready()
+      step = time.perf_counter() - t0
+    seconds = first + (n_steps - 1) * step
+    memory = console.peak_memory_bytes(*compiled.programs)
+    most = int(config.epochs)
+    typical = min(typical_epochs, most)
+
+    def run_epochs(epochs: int) -> float:  # the search's and the seeds'
+      if plan.search == 'halving' and n_search:
+        search = halving.run_epochs(plan.rung_epochs, n_search, epochs)
+      else:
+        search = n_search * epochs
+      return search + len(plan.seeds) * epochs
+
+    rows.append({'model': model, 'search_runs': n_search,
+                 'final_runs': len(plan.seeds), 'epochs_at_most': most,
+                 's_per_epoch': seconds, 'compile_s': compiled.compile_s,
+                 'peak_gib': memory['peak'] / 2**30 if memory else None,
+                 'typical_epochs': typical,
+                 'hours_typical': run_epochs(typical) * seconds / 3600,
+                 'hours_at_most': run_epochs(most) * seconds / 3600})
+  return rows
+
+
+def format_estimate(rows: list[dict[str, Any]]) -> str:
+  lines = ['| model | search runs | final runs | s/epoch | compile s | peak '
+           'memory | epochs (limit) | hours at that | hours at the limit |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    peak = f'{r["peak_gib"]:.2f} GiB' if r['peak_gib'] is not None else '?'
+    lines.append(f'| {r["model"]} | {r["search_runs"]} | {r["final_runs"]} | '
+                 f'{r["s_per_epoch"]:.3g} | {r["compile_s"]:.1f} | {peak} | '
+                 f'{r["typical_epochs"]} ({r["epochs_at_most"]}) | '
+                 f'{r["hours_typical"]:.3g} | {r["hours_at_most"]:.3g} |')
+  typical = sum(r['hours_typical'] for r in rows)
+  most = sum(r['hours_at_most'] for r in rows)
+  lines.append(f'\nTraining: {typical:.3g} hours if every run stops after '
+               f'the epochs given (--estimate-epochs), {most:.3g} hours if '
+               'every run goes to its limit; a stack of seeds trains them '
+               'at once, usually faster than this sum of runs. Evaluation '
+               'and compilation not included.')
+  return '\n'.join(lines)
