@@ -122,7 +122,7 @@ def search(config: ml_collections.ConfigDict, cells: list[dict[str, Any]],
         names[i]: v for i, v in scores.items()},
                             'frozen': [names[i] for i in freeze]})
     workdir_lib.write_json_atomic(record_path, record)
-    logging.info('halving: after %d epochs, %s frozen; %d cells go on',
+    logging.info('halving: after %d epochs, %s frozen; cells left: %d',
                  epochs, [names[i] for i in freeze],
                  len(cells) - len(frozen_after))
   runs = train_all(int(config.epochs))

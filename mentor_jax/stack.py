@@ -229,23 +229,32 @@ def over_runs(fn, xs, parallel: int, active: jax.Array | None = None):
   Baby shape), with every run's temporaries live at once, and the scan as
   fast as them (0.94-1.3x).
 
-  With `active` ([K] bool), one run at a time skips the stopped runs (a
-  `cond` in a scan is a branch): their outputs are zeros, which the callers
-  replace by the kept state. Batched, the callers discard them instead.
+  With `active` ([K] bool), one run at a time visits the active runs only
+  (a loop of sum(active) trips over their indices): a stopped run's
+  outputs are zeros, which the callers replace by its kept state. Batched,
+  the callers discard them instead.
   """
-  if parallel == 1:
+  if parallel == 1 and active is None:
     # A plain scan over the runs: each run's ops keep their unbatched
     # shapes (lax.map's batch_size=1, or a vmap of one run, would add a
     # size-1 batch axis, measured slower).
-    if active is None:
-      return jax.lax.map(lambda x: fn(*x), xs)
+    return jax.lax.map(lambda x: fn(*x), xs)
+  if parallel == 1:
+    # Not a `cond` in the scan, which was 1.1-1.4x slower with every run
+    # active (LightGCN on TikTok, bench/RESULTS.md section 19).
+    run = lambda k: fn(*jax.tree.map(
+        lambda a: jax.lax.dynamic_index_in_dim(a, k, keepdims=False), xs))
+    shapes = jax.eval_shape(run, 0)
+    n_runs = jax.tree.leaves(xs)[0].shape[0]
+    order = jnp.argsort(~active, stable=True)  # the active runs first
 
-    def one_or_skip(x):
-      on, x = x
-      skipped = lambda: jax.tree.map(
-          lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *x))
-      return jax.lax.cond(on, lambda: fn(*x), skipped)
-    return jax.lax.map(one_or_skip, (active, xs))
+    def one(i, out):
+      y = run(order[i])
+      return jax.tree.map(lambda o, v: jax.lax.dynamic_update_index_in_dim(
+          o, v, order[i], 0), out, y)
+    return jax.lax.fori_loop(
+        0, jnp.sum(active), one, jax.tree.map(
+            lambda s: jnp.zeros((n_runs,) + s.shape, s.dtype), shapes))
   if parallel == 0 or parallel >= jax.tree.leaves(xs)[0].shape[0]:
     return jax.vmap(lambda x: fn(*x))(xs)
   return jax.lax.map(lambda x: fn(*x), xs, batch_size=parallel)
