@@ -17,12 +17,12 @@ code (kernels, k, layers, the paper switches, the model) cannot be swept:
 `mentor_jax.grid` groups cells by them and stacks the rest.
 
 Each run keeps its own early stopping: once it stops, its state stops
-changing and its best epoch is kept. Run by run (the CPU's form) a stopped
-run is skipped; in a vmap the stack still computes it and discards it. On disk (rundirs.py), `<workdir>/runs/<k>/` is laid
-out as a single run's workdir (config.json with the run's seed and values,
-metrics.jsonl, result.json, per_user_test.npz, checkpoints/best), so that
-evaluate, recommend and report read a run of a stack as any run
-(`--run K`); `<workdir>/checkpoints/latest` holds the stacked state that a
+changing and its best epoch is kept (run by run, the CPU's form, a stopped
+run is skipped; a vmap computes and discards it). On disk (rundirs.py),
+`<workdir>/runs/<k>/` is laid out as a single run's workdir (config.json
+with the run's seed and values, metrics.jsonl, result.json,
+per_user_test.npz, checkpoints/best), so that evaluate, recommend and
+report read a run of a stack as any run (`--run K`); `<workdir>/checkpoints/latest` holds the stacked state that a
 rerun resumes, and `<workdir>/result.json` lists the runs with the mean,
 std and 95% interval of each metric (`stats.summary_of_runs`).
 """
