@@ -33,7 +33,7 @@ import numpy as np
 from mentor_jax import errors
 from mentor_jax import main as main_lib
 from mentor_jax import registry
-from mentor_jax import stack
+from mentor_jax import sweeps
 from mentor_jax import train
 from mentor_jax import workdir as workdir_lib
 
@@ -121,7 +121,7 @@ def stack_groups(config: ml_collections.ConfigDict,
                  ) -> list[tuple[dict[str, Any], dict[str, list[Any]]]]:
   """The grid as stacks: [(static cell, {swept key: values})].
 
-  A key the model can sweep (`stack.sweepable`) is stacked; any other key
+  A key the model can sweep (`sweeps.sweepable`) is stacked; any other key
   (shapes, code, the model) makes one group per value. A gated weight
   (`ModelFamily.gated`) is stacked over its non-zero values, and 0, which
   removes its term, gets a group of its own. Each group is a product of its
@@ -132,7 +132,7 @@ def stack_groups(config: ml_collections.ConfigDict,
         'a grid over config.model cannot be stacked (each model has its own '
         'sweepable settings): run one grid per model, or pass --nostack')
   family = registry.get(config.model)
-  swept_keys = [k for k in grid if k in stack.sweepable(family)]
+  swept_keys = [k for k in grid if k in sweeps.sweepable(family)]
   static_keys = [k for k in grid if k not in swept_keys]
   # Gated keys: a zero / non-zero part each.
   parts = []
@@ -164,7 +164,7 @@ def sample_groups(config: ml_collections.ConfigDict,
   vary inside a group are its sweep (`sample_sweep`).
   """
   family = registry.get(config.model)
-  sweepable = stack.sweepable(family)
+  sweepable = sweeps.sweepable(family)
   groups: dict[tuple, list[int]] = {}
   for i, cell in enumerate(sample):
     key = tuple((k, v) if k not in sweepable else

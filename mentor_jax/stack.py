@@ -4,11 +4,12 @@
       --config.seeds='(0,1,2)' --config.sweep='mask_weight_g=1e-4,1e-3'
 
 The runs are the Cartesian product of the sweep's values (last key fastest;
-products separated by '|' are listed one after another: `sweep_cells`)
+products separated by '|' are listed one after another:
+`sweeps.sweep_cells`)
 times the seeds (fastest of all). They differ only in what a traced value
 can carry: the seed (parameters, shuffles, negatives, dropout masks) and the
 family's `sweepable` hyper-parameters (`ModelFamily.sweepable`, plus
-`learning_rate`). Their parameters, Adam states, PRNG keys and swept values
+`learning_rate`: sweeps.py). Their parameters, Adam states, PRNG keys and swept values
 are stacked on a leading axis, and one jitted map of each of the epoch's
 programs (`epoch.begin_epoch`, `epoch.run_steps`) over them trains all runs
 on ONE copy of the data: a `vmap` on a GPU/TPU, a scan over the runs on a
@@ -48,6 +49,7 @@ from mentor_jax import epoch as epoch_lib
 from mentor_jax import errors
 from mentor_jax import family as family_lib
 from mentor_jax import registry
+from mentor_jax import sweeps
 
 
 class RunSpec(NamedTuple):
@@ -58,95 +60,6 @@ class RunSpec(NamedTuple):
   overrides: dict[str, Any]
 
 
-def sweepable(family: family_lib.ModelFamily) -> frozenset[str]:
-  return family.sweepable | {'learning_rate'}
-
-
-def parse_sweep(text: str, config: ml_collections.ConfigDict,
-                family: family_lib.ModelFamily) -> dict[str, list[float]]:
-  """'a=1e-4,1e-3;b=0.2,0.4' -> {'a': [1e-4, 1e-3], 'b': [0.2, 0.4]}.
-
-  Raises:
-    ConfigError: naming the part of `config.sweep` that is wrong.
-  """
-  specs = dict(config_spec.TRAINER)
-  specs.update(family.config_spec)
-  allowed = sorted(sweepable(family))
-  sweep = {}
-  for part in filter(None, (p.strip() for p in text.split(';'))):
-    key, sep, values = part.partition('=')
-    key = key.strip()
-    where = f'config.sweep={text!r}: {part!r}'
-    if not sep or not values.strip():
-      raise errors.ConfigError(f'{where}: expected key=v1,v2,...')
-    if key in sweep:
-      raise errors.ConfigError(f'{where}: {key!r} is swept twice')
-    if key not in allowed:
-      raise errors.ConfigError(
-          f'{where}: {key!r} cannot be swept in one stack for model '
-          f'{family.name!r} (it changes shapes or code, or is not a setting '
-          f'of the model); sweepable: {", ".join(allowed)}. Use '
-          'python -m mentor_jax.grid, which runs one stack per value of '
-          'such settings.')
-    try:
-      parsed = [float(v) for v in values.split(',')]
-    except ValueError:
-      raise errors.ConfigError(
-          f'{where}: the values must be numbers') from None
-    for v in parsed:
-      specs[key].validate(f'sweep:{key}', v)
-    if len(set(parsed)) != len(parsed):
-      raise errors.ConfigError(
-          f'{where}: a value is repeated (two runs would be the same run); '
-          'give each value once')
-    if key in family.gated and len({v == 0 for v in parsed}) > 1:
-      raise errors.ConfigError(
-          f'{where}: {key}=0 removes its loss term, a different program '
-          'from the non-zero values; sweep them in separate runs (the grid '
-          'runner groups them).')
-    sweep[key] = parsed
-  return sweep
-
-
-def sweep_cells(text: str, config: ml_collections.ConfigDict,
-                family: family_lib.ModelFamily) -> list[dict[str, float]]:
-  """The swept values of each run: the product of each part of
-  `config.sweep` separated by '|', in order.
-
-  'a=1,2;b=3|a=5;b=4' -> [{a: 1, b: 3}, {a: 2, b: 3}, {a: 5, b: 4}]: a
-  union of products lists any set of cells, such as a sample of a grid
-  (the study's successive halving stacks its sampled cells).
-
-  Raises:
-    ConfigError: naming the part of `config.sweep` that is wrong.
-  """
-  cells, keys = [], None
-  for block in text.split('|'):
-    sweep = parse_sweep(block, config, family)
-    if keys is not None and set(sweep) != set(keys):
-      raise errors.ConfigError(
-          f'config.sweep={text!r}: every part between | sweeps the same '
-          f'keys ({", ".join(keys)}); {block.strip()!r} sweeps '
-          f'{", ".join(sweep) or "nothing"}')
-    keys = keys or list(sweep)
-    cells += [{k: dict(zip(sweep, values))[k] for k in keys}
-              for values in itertools.product(*sweep.values())]
-  seen = set()
-  for cell in cells:
-    if tuple(cell.items()) in seen:
-      raise errors.ConfigError(
-          f'config.sweep={text!r}: the cell {cell} is listed twice (two '
-          'runs would be the same run)')
-    seen.add(tuple(cell.items()))
-  for key in set(keys) & family.gated:
-    if len({cell[key] == 0 for cell in cells}) > 1:
-      raise errors.ConfigError(
-          f'config.sweep={text!r}: {key}=0 removes its loss term, a '
-          'different program from the non-zero values; sweep them in '
-          'separate runs (the grid runner groups them).')
-  return cells
-
-
 def runs_from_config(config: ml_collections.ConfigDict,
                      family: family_lib.ModelFamily) -> list[RunSpec]:
   """The runs of `config`: the sweep's cells times the seeds."""
@@ -154,7 +67,8 @@ def runs_from_config(config: ml_collections.ConfigDict,
   if len(set(seeds)) != len(seeds):
     raise errors.ConfigError(f'config.seeds={tuple(seeds)!r}: a seed is '
                              'repeated (two runs would be the same)')
-  cells = sweep_cells(config.get('sweep', '') or '', config, family)
+  cells = sweeps.sweep_cells(config.get('sweep', '') or '', config,
+                             family)
   return [RunSpec(i, seed, cell) for i, (cell, seed) in
           enumerate(itertools.product(cells, seeds))]
 

@@ -52,6 +52,7 @@ from mentor_jax import grid as grid_lib
 from mentor_jax import halving
 from mentor_jax import main as main_lib
 from mentor_jax import registry
+from mentor_jax import study_estimate
 from mentor_jax import train
 from mentor_jax import workdir as workdir_lib
 from mentor_jax.configs import paper
@@ -369,9 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   def run() -> int:
     plan = make_plan(args, parse_overrides(rest))
     if args.estimate:
-      from mentor_jax import study_estimate  # pylint: disable=g-import-not-at-top
+      configs = {m: model_config(plan, m) for m in plan.models}
       print(study_estimate.format_estimate(
-          study_estimate.estimate(plan, args.estimate_epochs)))
+          study_estimate.estimate(plan, configs, args.estimate_epochs)))
       return 0
     if args.reference and args.reference not in plan.models:
       raise errors.ConfigError(f'--reference {args.reference}: not one of '

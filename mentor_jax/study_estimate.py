@@ -10,25 +10,27 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 from mentor_jax import console
 from mentor_jax import datasets
 from mentor_jax import epoch as epoch_lib
 from mentor_jax import halving
-from mentor_jax import study
 
 
 SAMPLE_S = 3.0  # seconds of steps timed per model, at most about
 
 
-def estimate(plan: study.Plan, typical_epochs: int) -> list[dict[str, Any]]:
-  """Per model: its runs, and s/epoch and peak memory measured on one
-  compiled epoch's first steps (nothing is written); hours if every run
-  trains `typical_epochs` (or its limit, if lower) and at its limit."""
+def estimate(plan: Any, configs: dict[str, ml_collections.ConfigDict],
+             typical_epochs: int) -> list[dict[str, Any]]:
+  """Per model of `plan` (a study.Plan), trained with `configs[model]`: its
+  runs, and s/epoch and peak memory measured on its compiled epoch's first
+  steps (nothing is written); hours if every run trains `typical_epochs`
+  (or its limit, if lower) and at its limit."""
   rows = []
   for model in plan.models:
-    config = study.model_config(plan, model)
+    config = configs[model]
     config.seed = plan.seeds[0]
     n_search = len(plan.searched[model]) if len(plan.searched[model]) > 1 else 0
     s = epoch_lib.setup(config, datasets.load_for_config(config))

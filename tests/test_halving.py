@@ -18,6 +18,7 @@ from mentor_jax import halving
 from mentor_jax import registry
 from mentor_jax import rundirs
 from mentor_jax import stack
+from mentor_jax import sweeps
 from mentor_jax import train
 
 
@@ -77,7 +78,7 @@ def test_a_sweep_lists_cells_with_bars(tiny_dataset):
   mentor = registry.get('mentor')
   from configs import tiny  # pylint: disable=g-import-not-at-top
   with pytest.raises(errors.ConfigError, match='removes its loss term'):
-    stack.sweep_cells('mask_weight_g=0|mask_weight_g=1e-3',
+    sweeps.sweep_cells('mask_weight_g=0|mask_weight_g=1e-3',
                       tiny.get_config(), mentor)
 
 

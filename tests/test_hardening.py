@@ -30,6 +30,7 @@ from mentor_jax import report
 from mentor_jax import rundirs
 from mentor_jax import stack as stack_lib
 from mentor_jax import stats
+from mentor_jax import sweeps
 from mentor_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -136,10 +137,10 @@ def test_a_repeated_sweep_value_is_refused():
   config = tiny.get_config()
   family = registry.get('mentor')
   with pytest.raises(errors.ConfigError, match='repeated'):
-    stack_lib.parse_sweep('temp=0.2,0.2', config, family)
+    sweeps.parse_sweep('temp=0.2,0.2', config, family)
   with pytest.raises(errors.ConfigError, match='repeated'):
-    stack_lib.parse_sweep('mask_weight_g=1e-4,0.0001', config, family)
-  assert stack_lib.parse_sweep('temp=0.2,0.4', config, family) == {
+    sweeps.parse_sweep('mask_weight_g=1e-4,0.0001', config, family)
+  assert sweeps.parse_sweep('temp=0.2,0.4', config, family) == {
       'temp': [0.2, 0.4]}
 
 
