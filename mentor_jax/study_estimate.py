@@ -1,8 +1,9 @@
 """`mentor-study --estimate`: what a study would cost, before it trains.
 
-Per model, a seconds-per-epoch measured from the first two steps of its
-compiled epoch, the compiled program's peak memory (XLA's analysis), and
-the hours of training that the study's runs add up to.
+Per model, a seconds-per-epoch measured on its compiled epoch (the set-up
+with the first step, then the steps that fit in about SAMPLE_S, timed in
+one call), the compiled program's peak memory (XLA's analysis), and the
+hours of training that the study's runs add up to.
 """
 
 from __future__ import annotations
