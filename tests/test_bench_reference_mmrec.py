@@ -279,17 +279,19 @@ def test_table_renders_from_fake_results():
   }
   rows = [table3.table_row(m, e) for m, e in entries.items()]
   assert rows[0]['ratio'] == 25.0
-  assert rows[1]['mmrec_extrapolated'] and rows[1]['ratio'] == 150.0
-  assert rows[2]['ratio'] is None and rows[2]['mmrec_peak_rss_gib'] is None
+  assert rows[1]['ref_extrapolated'] and rows[1]['ratio'] == 150.0
+  assert rows[2]['ratio'] is None and rows[2]['ref_peak_rss_gib'] is None
   text = table3.render_markdown(rows, '# header', our_limit_gib=4.0)
   lines = text.splitlines()
   assert lines[0] == '# header'
-  assert ('| model | ours s/epoch | MMRec s/epoch | ratio | ours peak RSS '
-          '| MMRec peak RSS |') in lines
-  assert '| VBPR | 2 | 50 | 25x | 1.25 GiB | 3.50 GiB |' in lines
-  assert '| LATTICE | 4 | ~600 | 150x | 4.50 GiB (over) | 12.00 GiB |' in lines
-  assert '| MMGCN | 3 | failed: out of memory | n/a | 2.00 GiB |  |' in lines
-  assert any(line.startswith('~ MMRec epoch EXTRAPOLATED') for line in lines)
+  assert ('| model | reference | ours s/epoch | reference s/epoch | ratio '
+          '| ours peak RSS | reference peak RSS |') in lines
+  assert '| VBPR | MMRec | 2 | 50 | 25x | 1.25 GiB | 3.50 GiB |' in lines
+  assert ('| LATTICE | MMRec | 4 | ~600 | 150x | 4.50 GiB (over) '
+          '| 12.00 GiB |') in lines
+  assert ('| MMGCN | MMRec | 3 | failed: out of memory | n/a | 2.00 GiB '
+          '|  |') in lines
+  assert any(line.startswith('~ epoch EXTRAPOLATED') for line in lines)
   assert '(over): our peak RSS is above 4 GiB.' in lines
   assert '| VBPR | 0.5 | 4 |' in lines and '| LATTICE | 0.5 | 900 |' in lines
   other = table3.failure({'error': 'Traceback\nValueError: bad thing\n',
@@ -298,6 +300,38 @@ def test_table_renders_from_fake_results():
   # Whole epochs win over an extrapolation when a run has both.
   both = {'epoch_s': {'n': 2, 'median': 7.0}, 'epoch_s_extrapolated': 9.0}
   assert table3.epoch_seconds(both) == (7.0, False)
+
+
+def test_official_rows_read_their_own_entry_and_extrapolate_per_step():
+  # MMSSL, step-timed on both sides: 3 timed epochs of 10 batches each
+  # (medians 20 s) of an epoch of 117 batches; eval = valid + test.
+  official = table3.official_shape({
+      'peak_rss_gib': 2.5, 'batches_timed': 10, 'n_batch': 117,
+      'metrics_per_epoch': [
+          {'train_s': t, 'valid_s': 3.0, 'test_s': 4.0}
+          for t in (19.0, 20.0, 25.0)]})
+  assert official['epoch_s'] == {'n': 0}
+  assert official['epoch_s_extrapolated'] == pytest.approx(20.0 / 10 * 117)
+  assert official['eval_s']['median'] == 7.0
+  ours = {'epoch_s': {'n': 0}, 'epoch_s_extrapolated': 58.5,
+          'peak_rss_gib': 1.5, 'eval_s': {'n': 1, 'median': 1.0}}
+  row = table3.table_row('mmssl', {'ours': ours, 'official': official})
+  assert row['reference'] == 'official'
+  assert row['ours_extrapolated'] and row['ref_extrapolated']
+  assert row['ratio'] == pytest.approx(234.0 / 58.5)
+  # DiffMM: whole epochs, its official test pass only.
+  diffmm = table3.official_shape({'metrics_per_epoch': [
+      {'train_s': 300.0, 'test_s': 10.0}, {'train_s': 310.0, 'test_s': 12.0}]})
+  assert diffmm['epoch_s']['median'] == 305.0 and diffmm['epoch_s']['n'] == 2
+  assert 'epoch_s_extrapolated' not in diffmm
+  assert diffmm['eval_s']['median'] == 11.0
+  text = table3.render_markdown(
+      [row, table3.table_row('diffmm', {'ours': _ours(100.0, 3.0),
+                                         'official': diffmm})], '# h')
+  assert '| MMSSL | official | ~58.5 | ~234 | 4x | 1.50 GiB | 2.50 GiB |' in (
+      text.splitlines())
+  assert '| DiffMM | official | 100 | 305 | 3.05x | 3.00 GiB | n/a |' in (
+      text.splitlines())
 
 
 def test_driver_refuses_to_overwrite(tmp_path):

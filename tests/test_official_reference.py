@@ -180,6 +180,41 @@ def test_mmssl_loss_is_read_from_its_first_train_log_line():
     worker.parse_mmssl_loss(['PID: 1'])
 
 
+# DiffMM's Params.py namespace for `--data baby` + the README's Baby flags,
+# written out by hand from Params.py (the flags official_settings maps).
+DIFFMM_BABY = {
+    'lr': 1e-3, 'batch': 1024, 'latdim': 64, 'gnn_layer': 1, 'reg': 1e-5,
+    'ssl_reg': 0.1, 'temp': 0.5, 'keepRate': 1.0, 'dims': '[1000]',
+    'd_emb_size': 10, 'steps': 5, 'noise_scale': 0.1, 'noise_min': 1e-4,
+    'noise_max': 0.02, 'rebuild_k': 1, 'e_loss': 0.01, 'ris_lambda': 0.5,
+    'ris_adj_lambda': 0.2, 'trans': 0, 'cl_method': 0}
+
+
+def test_our_settings_are_checked_flag_by_flag_against_the_official():
+  settings = conftest.import_bench_reference('official_settings')
+  table3 = conftest.import_bench_reference('table3')
+  ours = table3.our_config('diffmm', 'baby')
+  assert settings.differences('diffmm', ours, DIFFMM_BABY) == []
+  changed = {**DIFFMM_BABY, 'keepRate': 0.5, 'dims': '[1000, 200]'}
+  del changed['e_loss']
+  assert settings.differences('diffmm', ours, changed) == [
+      "keep_rate: ours 1.0, official --keepRate 0.5",
+      "denoise_hidden: ours 1000, official --dims '[1000, 200]'",
+      'e_loss: not in the official parser (wrong checkout?)']
+  # MMSSL: regs[0] is our reg_weight, len(weight_size) our layers, and
+  # G_rate (not g_rate, which main.py never reads) our g_rate.
+  mmssl = table3.our_config('mmssl', 'baby')
+  names = settings.FLAGS['mmssl']
+  official = {flag: mmssl.get(key) for key, (flag, _) in names.items()}
+  official.update(regs='[1e-5,1e-5,1e-2]', weight_size='[64, 64]',
+                  g_rate=2.9e-05)
+  assert settings.differences('mmssl', mmssl, official) == []
+  official.update(regs='[1e-4,1e-5,1e-2]', weight_size='[64]')
+  assert [p.split(':')[0] for p in
+          settings.differences('mmssl', mmssl, official)] == [
+              'reg_weight', 'n_ui_layers']
+
+
 def test_stub_missing_modules_stubs_only_what_cannot_be_imported():
   names = ['oh_fake_pkg', 'oh_fake_pkg.sub']
   try:
@@ -262,3 +297,41 @@ def test_one_official_epoch_gives_finite_numbers(tmp_path, codebase,
   assert list(scratch.iterdir()) == []
   assert _listing(folder) == before
   assert _listing(SRC[codebase]) == src_before
+
+
+@pytest.mark.slow  # ~15 s on 2 cores
+def test_the_parsers_give_our_settings_and_mmssl_times_n_batches(tmp_path):
+  for codebase in SRC:
+    reason = _official_ready(codebase)
+    if reason:
+      pytest.skip(reason)
+  settings = conftest.import_bench_reference('official_settings')
+  table3 = conftest.import_bench_reference('table3')
+  folder = _tiny_folder(tmp_path)
+  script = str(REPO / 'bench' / 'reference' / 'official_worker.py')
+
+  def result(*flags):
+    proc = subprocess.run([str(REF_PYTHON), script, '--folder', str(folder),
+                           '--seed', '0', *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines()
+            if ln.startswith('BENCH_RESULT ')][-1]
+    return json.loads(line[len('BENCH_RESULT '):]), proc.stderr
+
+  for codebase in SRC:
+    r, _ = result('--codebase', codebase, '--src', str(SRC[codebase]),
+                  '--preset', 'baby', '--args-only')
+    assert settings.differences(codebase, table3.our_config(
+        codebase, 'baby'), r['official_args']) == [], codebase
+  assert r['official_args']['G_rate'] == 1e-4  # MMSSL's, not g_rate
+  # 29 users x 5 training rows = 145 rows, batch 16: 10 batches an epoch;
+  # --batches 3 runs 3 of them (tqdm's bar counts them on stderr).
+  r, err = result('--codebase', 'mmssl', '--src', str(SRC['mmssl']),
+                  '--preset', 'baby', '--set', 'batch_size=16',
+                  '--batches', '3', '--threads', '1', '--test-procs', '1')
+  assert (r['n_batch'], r['batches_timed']) == (145 // 16 + 1, 3)
+  assert '3/3' in err and '/10' not in err
+  [e] = r['metrics_per_epoch']
+  assert math.isfinite(e['loss']) and e['train_s'] > 0

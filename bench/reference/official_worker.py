@@ -115,6 +115,7 @@ HASHED = {'diffmm': ('Main.py', 'Model.py', 'DataHandler.py', 'Params.py',
                     'utility/parser.py')}
 # DiffMM's folder whose --data value means two modalities (module doc).
 DIFFMM_DATA_SLOT = 'baby'
+MMSSL_DATA_NAME = 'data'  # the converted files' folder under the scratch
 # Flags the worker sets itself.
 RESERVED = {'data', 'epoch', 'seed', 'data_path', 'dataset', 'debug'}
 # Imported at module level, never called here (stubbed only if missing).
@@ -142,6 +143,29 @@ def official_argv(codebase: str, preset: str, sets: list[str]) -> list[str]:
                        'the data flags)')
     out += [f'--{key}', value]
   return out
+
+
+def official_sys_argv(codebase: str, args: argparse.Namespace,
+                      root: pathlib.Path, argv: list[str]) -> list[str]:
+  """The official entry's command line: the worker's flags, then `argv`."""
+  if codebase == 'diffmm':
+    return ['Main.py', '--data', DIFFMM_DATA_SLOT, '--epoch',
+            str(args.epochs), '--seed', str(args.seed)] + argv
+  return ['main.py', '--data_path', f'{root}{os.sep}', '--dataset',
+          MMSSL_DATA_NAME, '--epoch', str(args.epochs), '--seed',
+          str(args.seed), '--debug'] + argv
+
+
+def official_args(codebase: str, args: argparse.Namespace,
+                  argv: list[str]) -> dict[str, Any]:
+  """The official parser's settings for this command line, nothing run
+  (DiffMM's Params.py and MMSSL's utility/parser.py parse sys.argv)."""
+  sys.argv = official_sys_argv(codebase, args, pathlib.Path('.'), argv)
+  if codebase == 'diffmm':
+    import Params  # pylint: disable=g-import-not-at-top,import-error
+    return vars(Params.args).copy()
+  from utility import parser  # pylint: disable=g-import-not-at-top,import-error
+  return vars(parser.parse_args()).copy()
 
 
 def parse_mmssl_loss(messages: list[str]) -> dict[str, float]:
@@ -179,8 +203,7 @@ def install_shims(codebase: str, on_gpu: bool) -> list[str]:
 def run_diffmm(args, src: pathlib.Path, root: pathlib.Path, split, argv,
                sync) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   official_data.write_diffmm(split, root / 'Datasets' / DIFFMM_DATA_SLOT)
-  sys.argv = ['Main.py', '--data', DIFFMM_DATA_SLOT, '--epoch',
-              str(args.epochs), '--seed', str(args.seed)] + argv
+  sys.argv = official_sys_argv('diffmm', args, root, argv)
   import Main  # pylint: disable=g-import-not-at-top,import-error
   oargs = Main.args
   Main.seed_it(oargs.seed)  # what its __main__ does, in its order
@@ -225,11 +248,8 @@ def _metrics_at(ret: dict[str, Any], ks: list[int]) -> dict[str, float]:
 
 def run_mmssl(args, src: pathlib.Path, root: pathlib.Path, split, argv,
               sync) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-  name = 'data'
-  official_data.write_mmssl(split, root / name)
-  sys.argv = ['main.py', '--data_path', f'{root}{os.sep}', '--dataset', name,
-              '--epoch', str(args.epochs), '--seed', str(args.seed),
-              '--debug'] + argv
+  official_data.write_mmssl(split, root / MMSSL_DATA_NAME)
+  sys.argv = official_sys_argv('mmssl', args, root, argv)
   # Imports data_generator (utility/batch_test.py reads the json files).
   import main as mmssl_main  # pylint: disable=g-import-not-at-top,import-error
   from utility import batch_test  # pylint: disable=g-import-not-at-top,import-error
@@ -264,6 +284,13 @@ def run_mmssl(args, src: pathlib.Path, root: pathlib.Path, split, argv,
           'n_valid_users': len(data.val_set),
           'loader_n_users': int(data.n_users),
           'loader_n_items': int(data.n_items)}
+  # train() runs n_train // batch_size + 1 batches an epoch; n_train is
+  # read nowhere else in training, so --batches N times N of them.
+  n_batch = data.n_train // oargs.batch_size + 1
+  info['n_batch'] = n_batch
+  if args.batches:
+    data.n_train = (args.batches - 1) * oargs.batch_size
+    info['batches_timed'] = args.batches
   per_epoch = []
   mmssl_main.args.epoch = 1  # one epoch of train()'s loop per call
   for ep in range(args.epochs):
@@ -312,6 +339,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if args.epochs < 1:
     raise UsageError('--epochs must be >= 1')
   argv = official_argv(args.codebase, args.preset, args.set)
+  if args.batches and args.codebase != 'mmssl':
+    raise UsageError('--batches: MMSSL only (a DiffMM epoch is timed whole)')
+  if args.batches < 0:
+    raise UsageError('--batches must be >= 0')
+  if args.args_only:
+    sys.dont_write_bytecode = True
+    sys.path.insert(0, str(src))
+    return {'impl': 'official', 'codebase': args.codebase,
+            'official_args': official_args(args.codebase, args, argv)}
   try:
     split = official_data.read_folder(args.folder, args.name, args.v_feat,
                                       args.t_feat)
@@ -378,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--test-procs', type=int, default=0,
                  help="MMSSL's test pool size (default: its own, min 1)")
   p.add_argument('--cpu', action='store_true', help='ignore CUDA')
+  p.add_argument('--batches', type=int, default=0,
+                 help='MMSSL: train N batches an epoch (a timed part of '
+                 'one; its n_batch is in the result), not all')
+  p.add_argument('--args-only', action='store_true',
+                 help="print the official parser's settings; run nothing")
   p.add_argument('--scratch', help='parent of the scratch folder')
   return p
 

@@ -26,6 +26,16 @@ extrapolated epoch), then `--mmrec-epochs` whole epochs unless they would
 not fit in `--mmrec-time-limit`; the table shows whole epochs where there
 are any, else the extrapolation, marked `~`.
 
+DiffMM and MMSSL are not in MMRec: their reference is the official code
+(HKUDS/DiffMM, HKUDS/MMSSL, run by official_worker.py, `--official-src
+diffmm=/work/ref/DiffMM --official-src mmssl=/work/ref/MMSSL/MMSSL`), its
+settings the README's command for `--dataset` (official_worker.PRESETS),
+checked against ours through the official parsers (official_settings.py)
+before anything is timed; `--official-epochs` whole epochs, each timed. A
+model in `--step-timed` (default MMSSL, whose official CPU epoch takes 20-30
+minutes here) runs the first `--timed-steps` steps of each epoch on both
+sides, and its epoch is extrapolated as seconds per step x steps an epoch.
+
 Outputs `<out>.json` (everything, rewritten after each model so a long
 sitting keeps what it measured) and `<out>.md` (the table). Existing files
 are not overwritten: pass another --out.
@@ -49,11 +59,16 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from bench import common  # pylint: disable=g-import-not-at-top
 from bench.reference import mmrec_settings  # pylint: disable=g-import-not-at-top
+from bench.reference import official_settings  # pylint: disable=g-import-not-at-top
+from bench.reference import official_worker  # pylint: disable=g-import-not-at-top
 
 HERE = pathlib.Path(__file__).resolve().parent
 # The table's order (ID-only models first).
 DEFAULT_MODELS = ('mfbpr', 'lightgcn', 'layergcn', 'vbpr', 'mmgcn',
                   'lattice', 'bm3', 'freedom', 'lgmrec', 'dualgnn', 'slmrec')
+# Models that are not in MMRec: their reference is the official code
+# (official_worker.py; `--official-src CODEBASE=PATH`).
+OFFICIAL_MODELS = ('diffmm', 'mmssl')
 
 
 def display_name(model: str) -> str:
@@ -122,12 +137,15 @@ def run_ours_workload(spec: dict[str, Any]) -> dict[str, Any]:
   compiled = epoch_lib.compile_epoch(state, rest, data, **kwargs)
   compile_s = compiled.compile_s
   n_steps = epoch_lib.n_steps_of(family, data, hp)
+  # A step-timed model runs its epochs' first `steps` steps only (the
+  # epoch is then steps x its seconds per step, marked extrapolated).
+  run_steps = min(spec.get('steps') or n_steps, n_steps)
   epoch_lib.release_freed_host_memory()  # as the trainer does
   hwm['compile'] = common.vm_hwm_gib()
 
   def one_epoch():
     nonlocal state
-    state, parts, scores = compiled(state, rest, data, n_steps=n_steps)
+    state, parts, scores = compiled(state, rest, data, n_steps=run_steps)
     return state, parts, scores
 
   first_s, (state, parts, scores) = common.time_call(one_epoch)
@@ -139,7 +157,15 @@ def run_ours_workload(spec: dict[str, Any]) -> dict[str, Any]:
     epoch_times.append(dt)
   hwm['train'] = common.vm_hwm_gib()
   parts = jax.device_get(parts)
-  finite = all(bool(np.all(np.isfinite(v))) for v in parts.values())
+  finite = all(bool(np.all(np.isfinite(v[:run_steps])))
+               for v in parts.values())
+  timing = {'epoch_s': common.summarize(epoch_times),
+            'epoch_times_s': epoch_times}
+  if run_steps < n_steps:
+    timing = {'epoch_s': {'n': 0}, 'steps_timed': run_steps,
+              'part_epoch_s': common.summarize(epoch_times),
+              'epoch_s_extrapolated': (common.summarize(epoch_times)['median']
+                                       / run_steps * n_steps)}
 
   recompute = config.eval_embeddings == 'recompute'
 
@@ -167,7 +193,7 @@ def run_ours_workload(spec: dict[str, Any]) -> dict[str, Any]:
       'runtime_rss_gib': base_rss, 'hwm_after_gib': hwm,
       'setup_s': setup_s, 'compile_s': compile_s,
       'first_epoch_s': first_s, 'warmup_epochs': spec['warmup'],
-      'epoch_s': common.summarize(epoch_times), 'epoch_times_s': epoch_times,
+      'n_steps': n_steps, **timing,
       'eval_first_s': eval_first_s, 'eval_s': common.summarize(eval_times),
       'losses_finite': finite,
       'valid_recall@20': float(metrics['valid']['recall@20']),
@@ -186,7 +212,8 @@ def worker_main(raw: str) -> None:
 def run_ours(args: argparse.Namespace, model: str) -> dict[str, Any]:
   spec = {'model': model, 'dataset': args.dataset, 'npz': str(args.npz),
           'warmup': args.our_warmup, 'epochs': args.our_epochs,
-          'eval_reps': args.our_eval_reps}
+          'eval_reps': args.our_eval_reps,
+          'steps': args.timed_steps if model in args.step_timed else 0}
   env = dict(os.environ)
   env.pop('JAX_PLATFORMS', None)
   if CALLER_JAX_PLATFORMS is not None:
@@ -227,6 +254,58 @@ def run_mmrec(args: argparse.Namespace, model: str) -> dict[str, Any]:
   return r
 
 
+def official_base_argv(args: argparse.Namespace, model: str) -> list[str]:
+  """official_worker.py's command line for `model`, up to the run flags."""
+  src = args.official_src.get(model)
+  if src is None:
+    raise SystemExit(f'table3: {model}: pass --official-src {model}=PATH '
+                     '(the official checkout: DiffMM root, MMSSL/MMSSL)')
+  presets = official_worker.PRESETS[model]
+  preset = args.dataset if args.dataset in presets else 'defaults'
+  return [args.ref_python, str(HERE / 'official_worker.py'), '--codebase',
+          model, '--src', str(src), '--preset', preset, '--folder',
+          str(args.folder), '--name', args.name, '--seed', '0']
+
+
+def official_problems(args: argparse.Namespace, model: str) -> list[str]:
+  """Our config vs the official parser's flags for the same command."""
+  r = common.run_worker(official_base_argv(args, model) + ['--args-only'],
+                        cwd=common.REPO, timeout_s=300, echo=args.echo)
+  if 'error' in r:
+    return [f'the official parser did not run: {r["error"][-500:]}']
+  return official_settings.differences(
+      model, our_config(model, args.dataset), r['official_args'])
+
+
+def run_official(args: argparse.Namespace, model: str) -> dict[str, Any]:
+  """The official code's epochs, in table3's shape (see `official_shape`)."""
+  argv = official_base_argv(args, model) + [
+      '--epochs', str(args.official_epochs)]
+  if model in args.step_timed:
+    argv += ['--batches', str(args.timed_steps)]
+  r = common.run_worker(argv, cwd=common.REPO, timeout_s=args.timeout,
+                        echo=args.echo)
+  r['argv'] = argv
+  return r if 'error' in r else official_shape(r)
+
+
+def official_shape(r: dict[str, Any]) -> dict[str, Any]:
+  """Adds epoch_s (whole epochs) or epoch_s_extrapolated (`--batches`: the
+  median epoch's seconds per batch x the epoch's batches) and eval_s (the
+  official test passes: MMSSL valid + test, DiffMM test only)."""
+  epochs = r['metrics_per_epoch']
+  train = [e['train_s'] for e in epochs]
+  if r.get('batches_timed'):
+    r['epoch_s'] = {'n': 0}
+    r['epoch_s_extrapolated'] = (common.summarize(train)['median']
+                                 / r['batches_timed'] * r['n_batch'])
+  else:
+    r['epoch_s'] = common.summarize(train)
+  r['eval_s'] = common.summarize(
+      [e['test_s'] + e.get('valid_s', 0.0) for e in epochs])
+  return r
+
+
 def epoch_seconds(r: dict[str, Any]) -> tuple[float | None, bool]:
   """(seconds per epoch, extrapolated?) of a result; (None, False) if none."""
   if 'error' in r:
@@ -252,6 +331,13 @@ def failure(r: dict[str, Any]) -> str:
   return 'failed: ' + last[:60].replace('|', '/')
 
 
+def _said(r: dict[str, Any]) -> str:
+  """'<s>/epoch[ (EXTRAPOLATED)], eval <s>' of a finished side."""
+  sec, extra = epoch_seconds(r)
+  return (f"{sec:.3g} s/epoch{' (EXTRAPOLATED)' if extra else ''}, eval "
+          f"{r['eval_s']['median']:.3g} s")
+
+
 def _fmt_s(x: float | None) -> str:
   if x is None:
     return 'n/a'
@@ -262,24 +348,27 @@ def _fmt_gib(x: float | None) -> str:
   return 'n/a' if x is None else f'{x:.2f} GiB'
 
 
+def reference_of(model: str) -> str:
+  """The entry key and the table's name of `model`'s reference code."""
+  return 'official' if model in OFFICIAL_MODELS else 'mmrec'
+
+
 def table_row(model: str, entry: dict[str, Any]) -> dict[str, Any]:
   """The numbers of one model's row (None where a side has none)."""
-  ours, ref = entry.get('ours', {}), entry.get('mmrec', {})
-  o_s, _ = epoch_seconds(ours)
-  m_s, m_extra = epoch_seconds(ref)
-  row = {'model': model, 'ours_epoch_s': o_s, 'mmrec_epoch_s': m_s,
-         'mmrec_extrapolated': m_extra,
-         'ratio': (m_s / o_s) if o_s and m_s else None,
-         'ours_peak_rss_gib': (None if 'error' in ours
-                               else ours.get('peak_rss_gib')),
-         'mmrec_peak_rss_gib': (None if 'error' in ref
-                                else ref.get('peak_rss_gib')),
-         'ours_eval_s': (ours.get('eval_s', {}).get('median')
-                         if 'error' not in ours else None),
-         'mmrec_eval_s': (ref.get('eval_s', {}).get('median')
-                          if 'error' not in ref else None)}
-  row['ours_failed'] = failure(ours) if 'error' in ours else None
-  row['mmrec_failed'] = failure(ref) if 'error' in ref else None
+  side = reference_of(model)
+  ours, ref = entry.get('ours', {}), entry.get(side, {})
+  o_s, o_extra = epoch_seconds(ours)
+  r_s, r_extra = epoch_seconds(ref)
+  row = {'model': model,
+         'reference': 'MMRec' if side == 'mmrec' else 'official',
+         'ours_epoch_s': o_s, 'ours_extrapolated': o_extra,
+         'ref_epoch_s': r_s, 'ref_extrapolated': r_extra,
+         'ratio': (r_s / o_s) if o_s and r_s else None}
+  for name, r in (('ours', ours), ('ref', ref)):
+    ok = 'error' not in r
+    row[f'{name}_peak_rss_gib'] = r.get('peak_rss_gib') if ok else None
+    row[f'{name}_eval_s'] = r.get('eval_s', {}).get('median') if ok else None
+    row[f'{name}_failed'] = None if ok else failure(r)
   return row
 
 
@@ -287,39 +376,44 @@ def render_markdown(rows: Sequence[dict[str, Any]], header: str,
                     our_limit_gib: float = OUR_LIMIT_GIB) -> str:
   """Table 3's shape: model | s/epoch both sides | ratio | peak RSS both."""
   out = [header, '',
-         '| model | ours s/epoch | MMRec s/epoch | ratio | ours peak RSS '
-         '| MMRec peak RSS |',
-         '|---|---|---|---|---|---|']
+         '| model | reference | ours s/epoch | reference s/epoch | ratio '
+         '| ours peak RSS | reference peak RSS |',
+         '|---|---|---|---|---|---|---|']
   extrapolated = over = False
   for r in rows:
-    name = display_name(r['model'])
-    ours_s = r['ours_failed'] or _fmt_s(r['ours_epoch_s'])
-    ref_s = r['mmrec_failed'] or (
-        ('~' if r['mmrec_extrapolated'] else '') + _fmt_s(r['mmrec_epoch_s']))
-    extrapolated |= bool(r['mmrec_extrapolated'] and not r['mmrec_failed'])
+    cells = {}
+    for name in ('ours', 'ref'):
+      extra = r[f'{name}_extrapolated'] and not r[f'{name}_failed']
+      extrapolated |= bool(extra)
+      cells[name] = r[f'{name}_failed'] or (
+          ('~' if extra else '') + _fmt_s(r[f'{name}_epoch_s']))
     ratio = 'n/a' if r['ratio'] is None else f"{r['ratio']:.3g}x"
     ours_m = '' if r['ours_failed'] else _fmt_gib(r['ours_peak_rss_gib'])
     if (r['ours_peak_rss_gib'] is not None
         and r['ours_peak_rss_gib'] > our_limit_gib):
       ours_m += ' (over)'
       over = True
-    ref_m = '' if r['mmrec_failed'] else _fmt_gib(r['mmrec_peak_rss_gib'])
-    out.append(f'| {name} | {ours_s} | {ref_s} | {ratio} | {ours_m} '
+    ref_m = '' if r['ref_failed'] else _fmt_gib(r['ref_peak_rss_gib'])
+    out.append(f"| {display_name(r['model'])} | {r['reference']} | "
+               f"{cells['ours']} | {cells['ref']} | {ratio} | {ours_m} "
                f'| {ref_m} |')
   out.append('')
-  out.append('ratio = MMRec s/epoch / ours (> 1: ours is faster). Peak RSS '
-             'of each side\'s own process (wait4 ru_maxrss).')
+  out.append('ratio = reference s/epoch / ours (> 1: ours is faster). Peak '
+             "RSS of each side's own process (wait4 ru_maxrss). reference: "
+             "MMRec's own model, or the official code (not in MMRec).")
   if extrapolated:
-    out.append('~ MMRec epoch EXTRAPOLATED from timed batches (pre_epoch + '
-               'first batch + median batch x (batches - 1)); no whole epoch '
-               'fitted in the time limit.')
+    out.append('~ epoch EXTRAPOLATED: MMRec from timed batches (pre_epoch + '
+               'first batch + median batch x (batches - 1)), no whole epoch '
+               'having fitted in the time limit; a step-timed model '
+               '(--step-timed) from its first --timed-steps steps an epoch '
+               '(median x steps an epoch), on both sides.')
   if over:
     out.append(f'(over): our peak RSS is above {our_limit_gib:g} GiB.')
-  out += ['', '| model | ours eval s (valid+test) | MMRec eval s '
-          '(valid+test) |', '|---|---|---|']
+  out += ['', '| model | ours eval s (valid+test) | reference eval s '
+          '(valid+test; official DiffMM: test only) |', '|---|---|---|']
   for r in rows:
     out.append(f"| {display_name(r['model'])} | "
-               f"{_fmt_s(r['ours_eval_s'])} | {_fmt_s(r['mmrec_eval_s'])} |")
+               f"{_fmt_s(r['ours_eval_s'])} | {_fmt_s(r['ref_eval_s'])} |")
   return '\n'.join(out) + '\n'
 
 
@@ -331,9 +425,10 @@ def header_text(env: dict[str, Any], args: argparse.Namespace,
   return (f"# Table 3 ({args.dataset} shape: {args.npz}; {size})\n\n"
           f"{env.get('date')}; {env.get('cpu_count')} CPUs, load "
           f"{load[0]:.2f} at the start; jax {env.get('jax')} "
-          f"({env.get('backend')}), MMRec under {args.ref_python} with an "
-          f"address-space cap of {args.mmrec_mem_limit_gib:.1f} GiB (out of "
-          'memory: the process reached it).')
+          f"({env.get('backend')}); the reference codes under "
+          f"{args.ref_python}, MMRec with an address-space cap of "
+          f"{args.mmrec_mem_limit_gib:.1f} GiB (out of memory: the process "
+          'reached it).')
 
 
 def _refuse_existing(*paths: pathlib.Path) -> None:
@@ -376,10 +471,23 @@ def build_parser() -> argparse.ArgumentParser:
                  'clothing (configs/baseline.py:MODEL,DATASET)')
   p.add_argument('--models', default=','.join(DEFAULT_MODELS),
                  help='comma list of our model names')
-  p.add_argument('--mmrec-models',
-                 help='comma list of the models MMRec runs too (default: '
-                 'all of --models; e.g. leave out LATTICE on Clothing, whose '
-                 'dense item graphs do not fit a small machine)')
+  p.add_argument('--mmrec-models', '--reference-models',
+                 dest='mmrec_models',
+                 help='comma list of the models whose reference code runs '
+                 'too (default: all of --models; e.g. leave out LATTICE on '
+                 'Clothing, whose dense item graphs do not fit a small '
+                 'machine)')
+  p.add_argument('--official-src', action='append', default=[],
+                 metavar='MODEL=PATH',
+                 help=f'official checkout of {"/".join(OFFICIAL_MODELS)} '
+                 '(DiffMM: the repository root; MMSSL: its MMSSL/ folder)')
+  p.add_argument('--official-epochs', type=int, default=1,
+                 help='epochs of the official code (each timed)')
+  p.add_argument('--step-timed', default='mmssl',
+                 help='comma list of models timed on their first '
+                 '--timed-steps steps an epoch, both sides (an official '
+                 'MMSSL epoch is 20-30 min on a 2-core CPU)')
+  p.add_argument('--timed-steps', type=int, default=10)
   p.add_argument('--our-warmup', type=int, default=1)
   p.add_argument('--our-epochs', type=int, default=3)
   p.add_argument('--our-eval-reps', type=int, default=3)
@@ -411,19 +519,28 @@ def main() -> None:
   if args.worker:
     worker_main(args.worker)
     return
-  for flag in ('mmrec_src', 'folder', 'npz'):
+  models = [m for m in args.models.split(',') if m]
+  known = (*mmrec_settings.MMREC_MODEL, *OFFICIAL_MODELS)
+  for m in models:
+    if m not in known:
+      p.error(f'--models: {m!r} is not one of {list(known)}')
+  needed = ['folder', 'npz']
+  if any(reference_of(m) == 'mmrec' for m in models):
+    needed.append('mmrec_src')
+  for flag in needed:
     if getattr(args, flag) is None:
       p.error(f"--{flag.replace('_', '-')} is required")
+  args.official_src = dict(item.partition('=')[::2]
+                           for item in args.official_src)
+  args.step_timed = {m for m in args.step_timed.split(',') if m}
+  if args.timed_steps < 1:
+    p.error('--timed-steps must be >= 1')
   args.name = args.name or args.folder.name
   if not (args.folder / f'{args.name}.inter').is_file():
     p.error(f'{args.folder}/{args.name}.inter not found (--folder, --name)')
   if not args.npz.is_file():
     p.error(f'{args.npz} not found: make it with `python -m data_prep synth '
             f'... --npz {args.npz}` from the same folder')
-  models = [m for m in args.models.split(',') if m]
-  for m in models:
-    if m not in mmrec_settings.MMREC_MODEL:
-      p.error(f'--models: {m!r} is not one of {list(DEFAULT_MODELS)}')
   stem = args.out or common.default_out_dir() / f'table3_{args.name}'
   json_path = stem.with_name(stem.name + '.json')
   md_path = stem.with_name(stem.name + '.md')
@@ -432,26 +549,31 @@ def main() -> None:
     args.mmrec_mem_limit_gib = default_mem_limit_gib()
 
   # The same settings on both sides, or nothing is timed.
-  problems = {m: settings_problems(m, our_config(m, args.dataset))
-              for m in models}
+  problems = {m: (settings_problems(m, our_config(m, args.dataset))
+                 if reference_of(m) == 'mmrec' else
+                 official_problems(args, m)) for m in models}
   if any(problems.values()):
     for m, probs in problems.items():
       for line in probs:
         print(f'table3: {m}: {line}', file=sys.stderr)
-    sys.exit('table3: our configs/baseline.py and mmrec_settings.CELLS '
-             'differ (above); align them before timing')
+    sys.exit('table3: our configs/baseline.py and the reference settings '
+             '(mmrec_settings.CELLS, the official parsers) differ (above); '
+             'align them before timing')
 
   env = common.print_environment()
   ref_ver = subprocess.run(
       [args.ref_python, '-c', 'import torch, torch_geometric; '
        'print(torch.__version__, torch_geometric.__version__)'],
       capture_output=True, text=True, check=False).stdout.strip()
-  print(f'# MMRec under {args.ref_python} (torch, torch_geometric = '
-        f'{ref_ver}); checkout {args.mmrec_src}; MMRec address-space cap '
-        f'{args.mmrec_mem_limit_gib:.1f} GiB', flush=True)
+  print(f'# reference codes under {args.ref_python} (torch, torch_geometric '
+        f'= {ref_ver}); MMRec checkout {args.mmrec_src}, address-space cap '
+        f'{args.mmrec_mem_limit_gib:.1f} GiB; official checkouts '
+        f'{args.official_src}', flush=True)
 
   entries: dict[str, dict[str, Any]] = {}
   shape = None
+  ref_models = (models if args.mmrec_models is None
+                else args.mmrec_models.split(','))
   for m in models:
     entry = {'ours': run_ours(args, m)}
     ours = entry['ours']
@@ -462,33 +584,28 @@ def main() -> None:
       shape = shape or {k: ours[k] for k in ('n_users', 'n_items', 'n_train')}
       peak = ours['peak_rss_gib']
       verdict = ('within' if peak <= args.our_limit_gib else 'OVER')
-      print(f"{m}: ours {ours['epoch_s']['median']:.3g} s/epoch "
-            f"(compile {ours['compile_s']:.1f} s), eval "
-            f"{ours['eval_s']['median']:.3g} s, peak RSS {peak:.2f} GiB "
-            f'({verdict} {args.our_limit_gib:g} GiB)', flush=True)
-    mmrec_models = (models if args.mmrec_models is None
-                    else args.mmrec_models.split(','))
-    if m in mmrec_models:
-      entry['mmrec'] = run_mmrec(args, m)
+      print(f"{m}: ours {_said(ours)}, compile {ours['compile_s']:.1f} s, "
+            f"peak RSS {peak:.2f} GiB ({verdict} {args.our_limit_gib:g} "
+            'GiB)', flush=True)
+    side = reference_of(m)
+    if m not in ref_models:
+      entry[side] = {'error': 'not run (--reference-models)'}
+      print(f'{m}: reference not run (--reference-models)', flush=True)
     else:
-      entry['mmrec'] = {'error': 'not run (--mmrec-models)'}
-    ref = entry['mmrec']
-    if m not in mmrec_models:
-      print(f'{m}: MMRec not run (--mmrec-models)', flush=True)
-    elif 'error' in ref:
-      print(f'{m}: MMRec FAILED (rc={ref.get("returncode")}):\n'
-            f'{ref["error"][-1500:]}', flush=True)
-    else:
-      sec, extra = epoch_seconds(ref)
-      print(f"{m}: MMRec {sec:.3g} s/epoch"
-            f"{' (EXTRAPOLATED)' if extra else ''}, eval "
-            f"{ref['eval_s']['median']:.3g} s, peak RSS "
-            f"{ref['peak_rss_gib']:.2f} GiB", flush=True)
+      ref = entry[side] = (run_mmrec if side == 'mmrec' else run_official)(
+          args, m)
+      if 'error' in ref:
+        print(f'{m}: {side} FAILED (rc={ref.get("returncode")}):\n'
+              f'{ref["error"][-1500:]}', flush=True)
+      else:
+        print(f"{m}: {side} {_said(ref)}, peak RSS "
+              f"{ref['peak_rss_gib']:.2f} GiB", flush=True)
     entries[m] = entry
     rows = [table_row(k, v) for k, v in entries.items()]
     _write_atomic(json_path, json.dumps(
         {'env': env, 'reference_versions': ref_ver, 'argv': sys.argv,
-         'settings': {k: mmrec_settings.CELLS[k] for k in entries},
+         'settings': {k: mmrec_settings.CELLS[k] for k in entries
+                      if reference_of(k) == 'mmrec'},
          'rows': rows, 'runs': entries}, indent=1, default=str) + '\n')
   text = render_markdown(rows, header_text(env, args, shape),
                          args.our_limit_gib)
