@@ -84,8 +84,11 @@ def test_official_side_compares_test_curves_and_chosen_parts(tmp_path):
   per_epoch = [{'epoch': e, 'loss': l, 'test': {'recall@20': t}}
                for e, (l, t) in enumerate(zip([1.1, 0.5], [0.3, 0.4]))]
   log = tmp_path / 'official.log'
+  # DiffMM: 2,048 rows in batches of 1,024 (its divisor n // B = its 2
+  # batches): the logged loss is already the mean per batch.
   log.write_text('BENCH_RESULT ' + json.dumps(
-      {'metrics_per_epoch': per_epoch}))
+      {'codebase': 'diffmm', 'n_train': 2048,
+       'official_args': {'batch': 1024}, 'metrics_per_epoch': per_epoch}))
   official = compare_curves.official_curves([log])
   # The official test curve stands in for validation: test against test.
   assert official == [{'loss': [1.1, 0.5], 'valid': [0.3, 0.4],
@@ -100,3 +103,20 @@ def test_official_side_compares_test_curves_and_chosen_parts(tmp_path):
   assert 'early stop' not in text  # the official code selects on test
   # |1.0 - 1.1| / 1.1 at epoch 0, 0 at epoch 1: median 4.55%, max 9.09%.
   assert '| X | 2 | 4.55% / 9.09% |' in text
+
+
+@pytest.mark.parametrize('codebase,args,n_train,factor', [
+    # DiffMM on TikTok: 59,541 rows, 59 batches of 1,024, divided by 58.
+    ('diffmm', {'batch': 1024}, 59541, 58 / 59),
+    ('diffmm', {'batch': 1024}, 3 * 1024, 1.0),
+    # MMSSL: a sum over n // B + 1 batches (TikTok: 59).
+    ('mmssl', {'batch_size': 1024}, 59541, 1 / 59),
+    ('mmssl', {'batch_size': 16}, 145, 1 / 10)])
+def test_official_losses_become_means_per_batch(tmp_path, codebase, args,
+                                                n_train, factor):
+  log = tmp_path / 'official.log'
+  log.write_text('BENCH_RESULT ' + json.dumps(
+      {'codebase': codebase, 'n_train': n_train, 'official_args': args,
+       'metrics_per_epoch': [{'loss': 5.9, 'test': {'recall@20': 0.1}}]}))
+  [curve] = compare_curves.official_curves([log])
+  assert curve['loss'] == [pytest.approx(5.9 * factor)]

@@ -25,8 +25,10 @@ per seed. Over the epochs both sides have:
 MMSSL), whose code tests on the TEST split every epoch and has no
 validation pass: both sides' TEST Recall@20 curves are compared then (in
 the 'valid' columns), and the early-stop table is left out (the official
-code selects on test). Its loss: the official epoch loss, already a mean
-over batches.
+code selects on test). Its loss, as a mean per batch
+(`official_batch_mean`): DiffMM logs the sum over its ceil(n / B) batches
+divided by n // B (Main.py's `steps`: 58 for TikTok's 59 batches, so its
+epoch values are 59/58 of the mean), MMSSL the sum over its n // B + 1.
 
 Writes a Markdown table (--out), a two-panel plot (--png) and the curves
 themselves (--csv).
@@ -87,15 +89,27 @@ def mmrec_curves(logs: list[pathlib.Path]) -> list[dict[str, list]]:
   return out
 
 
+def official_batch_mean(result: dict) -> float:
+  """The factor that makes an official epoch loss a mean per batch."""
+  n, args = result['n_train'], result['official_args']
+  if result['codebase'] == 'diffmm':
+    batch = args['batch']
+    return (n // batch) / -(-n // batch)  # its divisor / its batches
+  return 1.0 / (n // args['batch_size'] + 1)  # MMSSL: a sum over batches
+
+
 def official_curves(logs: list[pathlib.Path]) -> list[dict[str, list]]:
-  """official_worker.py's per-epoch loss and test metric; the test curve
-  stands in for the validation one (the official code has none)."""
+  """official_worker.py's per-epoch loss (a mean per batch) and test
+  metric; the test curve stands in for the validation one (the official
+  code has none)."""
   out = []
   for log in logs:
-    per_epoch = bench_result(log)['metrics_per_epoch']
+    result = bench_result(log)
+    per_epoch = result['metrics_per_epoch']
+    scale = official_batch_mean(result)
     test = [e['test'][METRIC] for e in per_epoch]
-    out.append({'loss': [e['loss'] for e in per_epoch], 'valid': test,
-                'test': test})
+    out.append({'loss': [e['loss'] * scale for e in per_epoch],
+                'valid': test, 'test': test})
   return out
 
 
