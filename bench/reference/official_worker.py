@@ -52,6 +52,13 @@ of the hits it found (ideal = the retrieved hits moved to the top), not of
 min(|test items|, K) hits as DiffMM and MMRec do, so its NDCG is higher;
 compare Recall.
 
+`--batches N` (MMSSL): each epoch runs N of its batches, not all (its data
+generator's `n_train`, which only sets train()'s batch count, is lowered;
+`n_batch` in the result is the whole epoch's): a timed part of an epoch
+for table3.py. `--args-only`: the official parser's namespace for the
+command line, nothing loaded or run (table3.py checks our settings
+against it, official_settings.py).
+
 MMSSL's loader counts items as the largest item id in its json files + 1
 (`loader_n_items` in the result): items after the last one that occurs are
 never negatives nor ranked (TikTok: all 6710 occur).
