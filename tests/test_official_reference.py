@@ -335,3 +335,39 @@ def test_the_parsers_give_our_settings_and_mmssl_times_n_batches(tmp_path):
   assert '3/3' in err and '/10' not in err
   [e] = r['metrics_per_epoch']
   assert math.isfinite(e['loss']) and e['train_s'] > 0
+
+
+@pytest.mark.slow  # ~30 s on 2 cores
+def test_a_resumed_diffmm_run_is_the_uninterrupted_run(tmp_path):
+  reason = _official_ready('diffmm')
+  if reason:
+    pytest.skip(reason)
+  folder = _tiny_folder(tmp_path)
+  script = str(REPO / 'bench' / 'reference' / 'official_worker.py')
+
+  def run(epochs, resume=None, seed=5):
+    flags = ['--resume-dir', str(resume)] if resume else []
+    proc = subprocess.run(
+        [str(REF_PYTHON), script, '--codebase', 'diffmm', '--src',
+         str(SRC['diffmm']), '--preset', 'baby', '--folder', str(folder),
+         '--epochs', str(epochs), '--seed', str(seed), '--set', 'batch=16',
+         '--threads', '1', *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode:
+      return proc
+    line = [ln for ln in proc.stdout.splitlines()
+            if ln.startswith('BENCH_RESULT ')][-1]
+    return json.loads(line[len('BENCH_RESULT '):])['metrics_per_epoch']
+
+  whole = run(3)
+  state = tmp_path / 'state'
+  first = run(1, state)
+  assert [e['losses'] for e in first] == [whole[0]['losses']]
+  resumed = run(3, state)  # goes on from epoch 1
+  strip = lambda es: [{k: e[k] for k in ('epoch', 'losses', 'test')}
+                      for e in es]
+  assert strip(resumed) == strip(whole)
+  assert resumed[0]['train_s'] == first[0]['train_s']  # kept, not rerun
+  # Another seed may not go on from this state.
+  refused = run(4, state, seed=6)
+  assert refused.returncode == 2 and 'another command line' in refused.stderr

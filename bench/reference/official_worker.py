@@ -55,7 +55,9 @@ compare Recall.
 `--batches N` (MMSSL): each epoch runs N of its batches, not all (its data
 generator's `n_train`, which only sets train()'s batch count, is lowered;
 `n_batch` in the result is the whole epoch's): a timed part of an epoch
-for table3.py. `--args-only`: the official parser's namespace for the
+for table3.py. `--resume-dir D` (DiffMM): the state after each epoch
+(`Resume`), so that a 50-epoch run survives being stopped and goes on
+exactly. `--args-only`: the official parser's namespace for the
 command line, nothing loaded or run (table3.py checks our settings
 against it, official_settings.py).
 
@@ -84,6 +86,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import pathlib
 import re
@@ -207,6 +210,76 @@ def install_shims(codebase: str, on_gpu: bool) -> list[str]:
   return shims
 
 
+class Resume:
+  """`--resume-dir`: after each epoch, the trainer's state (every torch
+  module and optimizer it holds, the Python, numpy and torch random
+  states) and the epochs' records, written atomically; a run started on
+  the same folder goes on from the next epoch as the uninterrupted run
+  would have (the same random streams). A folder of another command line
+  is refused."""
+
+  def __init__(self, folder: str | None, signature: dict[str, Any]):
+    self.folder = pathlib.Path(folder) if folder else None
+    self.signature = signature
+
+  def _paths(self) -> tuple[pathlib.Path, pathlib.Path]:
+    return self.folder / 'state.pt', self.folder / 'epochs.json'
+
+  def load(self, holder: Any, on_gpu: bool) -> list[dict[str, Any]]:
+    """The finished epochs' records ([] for a fresh run); restores the
+    state into `holder`'s modules and optimizers."""
+    if self.folder is None or not self._paths()[1].is_file():
+      return []
+    import random  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+    state_path, records_path = self._paths()
+    saved = json.loads(records_path.read_text())
+    if saved['signature'] != self.signature:
+      raise UsageError(f'--resume-dir {self.folder}: written by another '
+                       f"command line ({saved['signature']}), not "
+                       f'{self.signature}')
+    state = torch.load(state_path, weights_only=False)
+    for name, value in _stateful(holder).items():
+      value.load_state_dict(state['objects'][name])
+    random.setstate(state['random'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if on_gpu:
+      torch.cuda.set_rng_state_all(state['cuda'])
+    return saved['epochs']
+
+  def save(self, holder: Any, on_gpu: bool,
+           epochs: list[dict[str, Any]]) -> None:
+    if self.folder is None:
+      return
+    import random  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+    self.folder.mkdir(parents=True, exist_ok=True)
+    state_path, records_path = self._paths()
+    state = {'objects': {k: v.state_dict()
+                         for k, v in _stateful(holder).items()},
+             'random': random.getstate(), 'numpy': np.random.get_state(),
+             'torch': torch.get_rng_state(),
+             'cuda': torch.cuda.get_rng_state_all() if on_gpu else None}
+    tmp = state_path.with_name(state_path.name + '.tmp')
+    torch.save(state, tmp)
+    os.replace(tmp, state_path)  # the state first: records never run ahead
+    tmp = records_path.with_name(records_path.name + '.tmp')
+    tmp.write_text(json.dumps({'signature': self.signature,
+                               'epochs': epochs}))
+    os.replace(tmp, records_path)
+
+
+def _stateful(holder: Any) -> dict[str, Any]:
+  """The torch modules and optimizers among `holder`'s attributes."""
+  import torch  # pylint: disable=g-import-not-at-top
+  kinds = (torch.nn.Module, torch.optim.Optimizer)
+  return {k: v for k, v in sorted(vars(holder).items())
+          if isinstance(v, kinds)}
+
+
 def run_diffmm(args, src: pathlib.Path, root: pathlib.Path, split, argv,
                sync) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   official_data.write_diffmm(split, root / 'Datasets' / DIFFMM_DATA_SLOT)
@@ -222,8 +295,8 @@ def run_diffmm(args, src: pathlib.Path, root: pathlib.Path, split, argv,
   info = {'topk': oargs.topk, 'official_args': vars(oargs).copy(),
           'n_train': len(handler.trnLoader.dataset),
           'n_test_users': len(handler.tstLoader.dataset)}
-  per_epoch = []
-  for ep in range(args.epochs):
+  per_epoch = args.resume.load(coach, args.on_gpu)
+  for ep in range(len(per_epoch), args.epochs):
     t0 = time.perf_counter()
     reses = coach.trainEpoch()
     sync()
@@ -240,6 +313,7 @@ def run_diffmm(args, src: pathlib.Path, root: pathlib.Path, split, argv,
                  f'ndcg@{k}': float(test['NDCG']),
                  f'precision@{k}': float(test['Precision'])}})
     _print_epoch(per_epoch[-1], k)
+    args.resume.save(coach, args.on_gpu, per_epoch)
   return info, per_epoch
 
 
@@ -350,6 +424,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError('--batches: MMSSL only (a DiffMM epoch is timed whole)')
   if args.batches < 0:
     raise UsageError('--batches must be >= 0')
+  if args.resume_dir and args.codebase != 'diffmm':
+    raise UsageError('--resume-dir: DiffMM only (MMSSL keeps its modality '
+                     'graphs on its Trainer between epochs; not saved)')
   if args.args_only:
     sys.dont_write_bytecode = True
     sys.path.insert(0, str(src))
@@ -366,6 +443,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   shims = install_shims(args.codebase, on_gpu)
   if args.threads:
     torch.set_num_threads(args.threads)
+  args.on_gpu = on_gpu
+  args.resume = Resume(args.resume_dir, {
+      'codebase': args.codebase, 'argv': argv, 'seed': args.seed,
+      'folder': str(pathlib.Path(args.folder).resolve()), 'name': args.name,
+      'features': [args.v_feat, args.t_feat], 'device': str(on_gpu),
+      'files_sha256_16': {f: _digest(src / f)
+                          for f in HASHED[args.codebase]}})
   sync = torch.cuda.synchronize if on_gpu else (lambda: None)
   result: dict[str, Any] = {
       'impl': 'official', 'codebase': args.codebase, 'src': str(src),
@@ -424,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--batches', type=int, default=0,
                  help='MMSSL: train N batches an epoch (a timed part of '
                  'one; its n_batch is in the result), not all')
+  p.add_argument('--resume-dir',
+                 help='DiffMM: keep the state here after each epoch and go '
+                 'on from it (a longer --epochs extends a finished run)')
   p.add_argument('--args-only', action='store_true',
                  help="print the official parser's settings; run nothing")
   p.add_argument('--scratch', help='parent of the scratch folder')
