@@ -30,17 +30,17 @@ from mentor_jax.configs import baseline
 
 
 def first_batch_parts(config) -> dict[str, float]:
-  """{part: value} of the family's loss on the first batch, at init."""
+  """{part: value} of the family's loss on the first batch of the first
+  epoch, at the parameters that step starts from (after the family's
+  per-epoch phase, e.g. DiffMM's denoisers, and with its graphs)."""
   data_set = datasets.load_for_config(config)
   family, hp, data, graphdef, rest, state = epoch_lib.setup(config, data_set)
-  # The epoch's keys as epoch.begin_epoch splits them.
-  _, epoch_key = jax.random.split(state.key)
-  batch_key, _, steps_key = jax.random.split(epoch_key, 3)
-  batches = family.epoch_batches(batch_key, data, hp)
-  batch = jax.tree.map(lambda x: x[0], batches)
-  _, (parts, _) = family.loss(nnx.merge(graphdef, state.params, rest), data,
-                              batch, jax.random.fold_in(steps_key, 0), hp,
-                              None)
+  epoch = epoch_lib.begin_epoch(state, rest, data, graphdef=graphdef,
+                                family=family, hp=hp)
+  batch = jax.tree.map(lambda x: x[0], epoch.batches)
+  _, (parts, _) = family.loss(
+      nnx.merge(graphdef, epoch.state.params, rest), data, batch,
+      jax.random.fold_in(epoch.steps_key, 0), hp, epoch.aux)
   return {k: float(v) for k, v in parts.items()}
 
 
