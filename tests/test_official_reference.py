@@ -371,3 +371,66 @@ def test_a_resumed_diffmm_run_is_the_uninterrupted_run(tmp_path):
   # Another seed may not go on from this state.
   refused = run(4, state, seed=6)
   assert refused.returncode == 2 and 'another command line' in refused.stderr
+
+
+@pytest.mark.slow  # ~15 s
+def test_the_denoiser_phase_step_is_the_official_codes(tmp_path):
+  """Our DiffMM denoiser against the OFFICIAL Model.py (torch): the same
+  weights, rows and randomness (the t, noise and dropout mask ours drew)
+  give the same per-row losses, the same Adam step and the same reverse
+  pass before and after it."""
+  reason = _official_ready('diffmm')
+  if reason:
+    pytest.skip(reason)
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from mentor_jax.models.diffmm import diffusion
+  n_items, hidden, emb, dim, batch = 40, 16, 10, 8, 6
+  rng = np.random.default_rng(0)
+  p = diffusion.init_denoiser(jax.random.PRNGKey(1), n_items, hidden, emb)
+  x0 = (rng.random((batch, n_items)) < 0.2).astype(np.float32)
+  item_emb = rng.normal(size=(n_items, dim)).astype(np.float32)
+  feats = rng.normal(size=(n_items, dim)).astype(np.float32)
+  sched = diffusion.schedule(5, 0.1, 1e-4, 0.02)
+  key, e_loss, lr = jax.random.PRNGKey(7), 0.1, 1e-3
+  # The randomness training_losses draws from `key`, for the torch side.
+  t_key, noise_key, drop_key = jax.random.split(key, 3)
+  t = jax.random.randint(t_key, (batch,), 0, 5)
+  assert len(set(np.asarray(t).tolist())) > 2  # several timesteps, t = 0
+  noise = jax.random.normal(noise_key, x0.shape)
+  keep = jax.random.bernoulli(drop_key, 1.0 - diffusion.DENOISER_DROPOUT,
+                              x0.shape)
+
+  def loss(p):
+    d, g = diffusion.training_losses(p, jnp.asarray(x0), item_emb, feats,
+                                     key, sched)
+    return jnp.mean(d) + e_loss * jnp.mean(g), (d, g)
+
+  (_, (d_loss, gc_loss)), grads = jax.value_and_grad(loss, has_aux=True)(p)
+  tx = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+  updates, _ = tx.update(grads, tx.init(p), p)
+  stepped = optax.apply_updates(p, updates)
+  inp, out = tmp_path / 'in.npz', tmp_path / 'out.npz'
+  np.savez(inp, **{k: np.asarray(v) for k, v in p.items()}, x0=x0,
+           item_emb=item_emb, feats=feats, t=np.asarray(t, np.int64),
+           noise=np.asarray(noise), keep=np.asarray(keep), steps=5,
+           noise_scale=0.1, noise_min=1e-4, noise_max=0.02, e_loss=e_loss,
+           lr=lr)
+  proc = subprocess.run(
+      [str(REF_PYTHON), str(REPO / 'bench' / 'reference' /
+                            'diffmm_denoiser_step.py'),
+       '--src', str(SRC['diffmm']), str(inp), str(out)],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+      env={**os.environ, 'PYTHONPATH': str(REPO)})
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  ref = np.load(out)
+  np.testing.assert_allclose(d_loss, ref['diff_loss'], rtol=2e-5)
+  np.testing.assert_allclose(gc_loss, ref['gc_loss'], rtol=2e-5)
+  for name in p:
+    np.testing.assert_allclose(stepped[name], ref[name], rtol=1e-5,
+                               atol=1e-7, err_msg=name)
+  for params, which in ((p, 'before'), (stepped, 'after')):
+    np.testing.assert_allclose(
+        diffusion.reverse_pass(params, jnp.asarray(x0), sched),
+        ref[f'reverse_{which}'], rtol=1e-4, atol=1e-6, err_msg=which)
