@@ -7,7 +7,8 @@ as an argument (closing over it would bake ~100 MB of constants into the HLO).
 `epoch_batches` reproduces MMRec's training sampler as an array program:
 shuffle the training rows, cut them into batches of `batch_size` (the last one
 partial, padded here and masked), and draw one negative per row uniformly from
-the items that occur in train, redrawn while it is in the user's training set.
+the items that occur in train, redrawn while it is in the user's training set
+(`all_items`: from every item id instead, as samplers outside MMRec do).
 """
 
 from __future__ import annotations
@@ -214,16 +215,21 @@ def contains_sorted(indptr: jax.Array, values: jax.Array, rows: jax.Array,
 
 
 def sample_negatives(key: jax.Array, users: jax.Array, data: DeviceData,
-                     max_row_len: int) -> jax.Array:
+                     max_row_len: int, all_items: bool = False) -> jax.Array:
   """One negative per user: uniform over train items, not in the user's set.
 
   Rows whose draw hits a training positive are redrawn (only those rows, with
   fresh randomness) until none does, as MMRec's sampler does row by row.
+  `all_items`: uniform over every item id 0..I-1 instead (items that never
+  occur in train included), as e.g. DiffMM's `TrnData.negSampling` draws.
   """
-  n_neg = data.neg_items.shape[0]
-
-  def draw(k):
-    return data.neg_items[jax.random.randint(k, users.shape, 0, n_neg)]
+  if all_items:
+    n_items = data.feat_v.shape[0]
+    draw = lambda k: jax.random.randint(k, users.shape, 0, n_items)
+  else:
+    n_neg = data.neg_items.shape[0]
+    draw = lambda k: data.neg_items[jax.random.randint(k, users.shape, 0,
+                                                       n_neg)]
 
   def is_positive(items):
     return contains_sorted(data.train_indptr, data.train_items, users, items,
@@ -245,8 +251,9 @@ def sample_negatives(key: jax.Array, users: jax.Array, data: DeviceData,
 
 
 def epoch_batches(key: jax.Array, data: DeviceData, batch_size: int,
-                  max_row_len: int) -> Batches:
-  """Shuffles the training rows and draws negatives for one epoch."""
+                  max_row_len: int, all_items: bool = False) -> Batches:
+  """Shuffles the training rows and draws negatives for one epoch
+  (`all_items`: see `sample_negatives`)."""
   n_train = data.train_user.shape[0]
   n_steps = steps_per_epoch(n_train, batch_size)
   perm_key, neg_key = jax.random.split(key)
@@ -258,7 +265,7 @@ def epoch_batches(key: jax.Array, data: DeviceData, batch_size: int,
   order = jnp.concatenate([order, jnp.zeros(pad, order.dtype)])
   users = data.train_user[order]
   pos = data.train_item[order]
-  neg = sample_negatives(neg_key, users, data, max_row_len)
+  neg = sample_negatives(neg_key, users, data, max_row_len, all_items)
   shape = (n_steps, batch_size)
   return Batches(users.reshape(shape), pos.reshape(shape), neg.reshape(shape),
                  mask.reshape(shape))

@@ -126,3 +126,19 @@ def test_user_with_every_item_is_rejected():
                                  1)  # Users without rows are fine,
   data_lib.check_negatives_exist(np.array([0, 2, 2]), np.array([0, 1]),
                                  3)  # also after the last non-empty row.
+
+
+def test_all_items_negatives_include_items_never_in_train():
+  # As test_negatives_are_uniform_over_allowed_items, but from every item
+  # id (DiffMM's sampler): items 25..29, never in train, are drawn too.
+  n_items = 30
+  users = np.array([0] * 10 + [1] * 15, np.int32)
+  items = np.array(list(range(10)) + list(range(10, 25)), np.int32)
+  data = _device_data(users, items, 2, n_items)
+  q = jnp.zeros(30000, jnp.int32)
+  neg = np.asarray(data_lib.sample_negatives(jax.random.PRNGKey(0), q, data,
+                                             15, all_items=True))
+  counts = np.bincount(neg, minlength=n_items)
+  assert counts[:10].sum() == 0 and (counts[10:] > 0).all()
+  _, p_value = stats.chisquare(counts[10:])
+  assert p_value > 1e-3, counts

@@ -392,3 +392,31 @@ def test_each_dataset_config_runs_the_official_command(dataset):
   # Another model on the same dataset keeps its own settings.
   other = importlib.import_module(f'configs.{dataset}').get_config('lightgcn')
   assert 'keep_rate' not in other and other.epochs != 50
+
+
+def test_epoch_batches_are_trndata_rows_with_negatives_over_all_items(
+    tiny_dataset):
+  """TrnData: each training row once a epoch, shuffled; its negative
+  uniform over every item id (np.random.randint(args.item)) outside the
+  user's training items: items absent from train are negatives too."""
+  ds, hp, _, data = _built(tiny_dataset)
+  # Five more item ids, in no training row (as TikTok's items seen only
+  # in valid/test): MMRec's sampler would never draw them.
+  data = data._replace(feat_v=jnp.concatenate(
+      [data.feat_v, jnp.zeros((5, data.feat_v.shape[1]))]))
+  r = np.pad(_dense_r(ds), ((0, 0), (0, 5)))
+  absent = np.flatnonzero(r.sum(0) == 0)
+  assert absent.size >= 5
+  rows = sorted(zip(*(np.asarray(x).tolist() for x in (data.train_user,
+                                                        data.train_item))))
+  drawn = set()
+  for seed in range(30):
+    bt = jax.tree.map(np.asarray, diffmm.epoch_batches(
+        jax.random.PRNGKey(seed), data, hp))
+    m = bt.mask.reshape(-1) > 0
+    users, pos, neg = (x.reshape(-1)[m] for x in (bt.users, bt.pos_items,
+                                                   bt.neg_items))
+    assert sorted(zip(users.tolist(), pos.tolist())) == rows
+    assert np.all(r[users, neg] == 0)
+    drawn |= set(neg.tolist())
+  assert set(absent.tolist()) <= drawn

@@ -14,7 +14,8 @@ Each epoch (`Main.trainEpoch`), in the order the official code runs it:
    graph per modality, D^-1/2(A + I)D^-1/2 with static nnz 2Uk + N, then
    the edge dropout (keep_rate) on every entry, self-loops included.
 3. Recommender steps (`train_step`) over shuffled (user, pos, neg)
-   triples: forward_MM on the base graph (with self-loops) and the rebuilt
+   triples, each negative uniform over all item ids outside the user's
+   training items (`epoch_batches`, TrnData.negSampling): forward_MM on the base graph (with self-loops) and the rebuilt
    graphs; BPR -sum ln sigma / batch_size (a fixed divisor, also on the
    last, short batch), reg * (|E_u|^2 + |E_i|^2) over the full tables, and
    ssl_reg * the contrastive loss of `cl_method` (0: image vs text views;
@@ -28,8 +29,7 @@ graphs. The last step returns that forward (`eval_embeddings='last_step'`).
 graphs from the current parameters without edge dropout: identical for
 keep_rate 1 (Baby, Sports), the expected graph otherwise.
 
-Deviations, all deliberate: negatives come from the project's sampler
-(items seen in training, not all items); log sigma is `log_sigmoid` (the
+Deviations, all deliberate: log sigma is `log_sigmoid` (the
 official sigmoid().log() is the same where it is finite); the contrastive
 loss uses logsumexp (equal in exact arithmetic); two modalities (the
 project's data has no third; TikTok's audio fills the text slot); selection
@@ -237,6 +237,17 @@ def loss(model: DiffMM, data: data_lib.DeviceData, batch: data_lib.Batches,
   return sum(parts.values()), (parts, scores)
 
 
+def epoch_batches(key: jax.Array, data: data_lib.DeviceData,
+                  hp: Hparams) -> data_lib.Batches:
+  """DataHandler's TrnData: every training row once, shuffled, its
+  negative uniform over ALL item ids (`np.random.randint(args.item)`)
+  outside the user's training items, not MMRec's items-in-train only:
+  items that occur only in valid/test are negatives here (TikTok: 465 of
+  6,710)."""
+  return data_lib.epoch_batches(key, data, hp.batch_size, hp.max_row_len,
+                                all_items=True)
+
+
 def _sched(hp: Hparams) -> diffusion.Schedule:
   return diffusion.schedule(hp.diffusion_steps, hp.noise_scale, hp.noise_min,
                             hp.noise_max)
@@ -405,8 +416,8 @@ def create_model(config: Any, dataset: data_lib.Dataset) -> DiffMM:
 DIFFMM_FAMILY = family.ModelFamily(
     name='diffmm', display_name='DiffMM', hparams=Hparams,
     create_model=create_model, loss=loss, score=score,
-    make_optimizer=make_optimizer, epoch_setup=epoch_setup,
-    train_step=train_step,
+    make_optimizer=make_optimizer, epoch_batches=epoch_batches,
+    epoch_setup=epoch_setup, train_step=train_step,
     sweepable=frozenset({'reg_weight', 'ssl_reg', 'temp', 'e_loss',
                          'ris_lambda', 'ris_adj_lambda'}),
     table_params=('user_emb', 'item_emb'),
