@@ -349,7 +349,8 @@ def _fmt_gib(x: float | None) -> str:
 
 
 def reference_of(model: str) -> str:
-  """The entry key and the table's name of `model`'s reference code."""
+  """The key of `model`'s reference run in an entry: 'official' (the
+  official code, for the models that are not in MMRec) or 'mmrec'."""
   return 'official' if model in OFFICIAL_MODELS else 'mmrec'
 
 
