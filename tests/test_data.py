@@ -67,17 +67,22 @@ def test_negatives_are_never_training_positives():
   assert np.isin(neg, np.unique(items)).all()
 
 
-def test_negatives_are_uniform_over_allowed_items():
-  n_items = 30
-  # User 0 owns items 0..9; items 25..29 never occur in train, so they may
-  # never be drawn. Allowed for user 0: items 10..24 (15 items).
+def _user_zero_negative_counts(all_items: bool) -> np.ndarray:
+  """Counts of 30,000 negatives of user 0 over 30 items. User 0 owns items
+  0..9, user 1 items 10..24; items 25..29 never occur in train."""
   users = np.array([0] * 10 + [1] * 15, np.int32)
   items = np.array(list(range(10)) + list(range(10, 25)), np.int32)
-  data = _device_data(users, items, 2, n_items)
+  data = _device_data(users, items, 2, 30)
   q = jnp.zeros(30000, jnp.int32)
   neg = np.asarray(data_lib.sample_negatives(jax.random.PRNGKey(0), q, data,
-                                             15))
-  counts = np.bincount(neg, minlength=n_items)
+                                             15, all_items=all_items))
+  return np.bincount(neg, minlength=30)
+
+
+def test_negatives_are_uniform_over_allowed_items():
+  # MMRec's rule: items 25..29 never occur in train, so they may never be
+  # drawn. Allowed for user 0: items 10..24 (15 items).
+  counts = _user_zero_negative_counts(all_items=False)
   assert counts[:10].sum() == 0 and counts[25:].sum() == 0
   _, p_value = stats.chisquare(counts[10:25])
   assert p_value > 1e-3, counts
@@ -129,16 +134,9 @@ def test_user_with_every_item_is_rejected():
 
 
 def test_all_items_negatives_include_items_never_in_train():
-  # As test_negatives_are_uniform_over_allowed_items, but from every item
-  # id (DiffMM's sampler): items 25..29, never in train, are drawn too.
-  n_items = 30
-  users = np.array([0] * 10 + [1] * 15, np.int32)
-  items = np.array(list(range(10)) + list(range(10, 25)), np.int32)
-  data = _device_data(users, items, 2, n_items)
-  q = jnp.zeros(30000, jnp.int32)
-  neg = np.asarray(data_lib.sample_negatives(jax.random.PRNGKey(0), q, data,
-                                             15, all_items=True))
-  counts = np.bincount(neg, minlength=n_items)
+  # From every item id (DiffMM's sampler): items 25..29, never in train,
+  # are drawn too; user 0's own items 0..9 still never.
+  counts = _user_zero_negative_counts(all_items=True)
   assert counts[:10].sum() == 0 and (counts[10:] > 0).all()
   _, p_value = stats.chisquare(counts[10:])
   assert p_value > 1e-3, counts
