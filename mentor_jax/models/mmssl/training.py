@@ -176,7 +176,7 @@ def epoch_batches(key, data: data_lib.DeviceData, hp: Hparams):
   U), a uniform positive of each, a negative uniform over all items outside
   the user's training set."""
   indptr = data.train_indptr
-  n_users, n_items = indptr.shape[0] - 1, data.feat_v.shape[0]
+  n_users = indptr.shape[0] - 1
   bs = hp.batch_size
   n_steps = data.train_items.shape[0] // bs + 1
   deg = jnp.diff(indptr)
@@ -194,17 +194,8 @@ def epoch_batches(key, data: data_lib.DeviceData, hp: Hparams):
     d = deg[users]
     off = jnp.minimum(jnp.floor(jax.random.uniform(kp, (bs,)) * d), d - 1)
     pos = data.train_items[indptr[users] + off.astype(jnp.int32)]
-
-    def redraw(state):
-      i, neg, bad = state
-      new = jax.random.randint(jax.random.fold_in(kn, i), (bs,), 0, n_items)
-      neg = jnp.where(bad, new, neg)
-      return i + 1, neg, data_lib.contains_sorted(
-          indptr, data.train_items, users, neg, hp.max_row_len)
-
-    neg = jnp.zeros((bs,), jnp.int32)
-    _, neg, _ = jax.lax.while_loop(lambda s: jnp.any(s[2]), redraw,
-                                   (0, neg, jnp.ones((bs,), bool)))
+    neg = data_lib.sample_negatives(kn, users, data, hp.max_row_len,
+                                    all_items=True)
     return data_lib.Batches(users.astype(jnp.int32), pos, neg,
                             jnp.ones((bs,), jnp.float32))
 
