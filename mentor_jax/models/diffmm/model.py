@@ -15,12 +15,12 @@ Each epoch (`Main.trainEpoch`), in the order the official code runs it:
    the edge dropout (keep_rate) on every entry, self-loops included.
 3. Recommender steps (`train_step`) over shuffled (user, pos, neg)
    triples, each negative uniform over all item ids outside the user's
-   training items (`epoch_batches`, TrnData.negSampling): forward_MM on the base graph (with self-loops) and the rebuilt
-   graphs; BPR -sum ln sigma / batch_size (a fixed divisor, also on the
-   last, short batch), reg * (|E_u|^2 + |E_i|^2) over the full tables, and
-   ssl_reg * the contrastive loss of `cl_method` (0: image vs text views;
-   1: the main embeddings vs each view) with denominators over all users /
-   all items.
+   training items (`epoch_batches`, TrnData.negSampling): forward_MM on
+   the base graph (with self-loops) and the rebuilt graphs; BPR -sum ln
+   sigma / batch_size (a fixed divisor, also on the last, short batch),
+   reg * (|E_u|^2 + |E_i|^2) over the full tables, and ssl_reg * the
+   contrastive loss of `cl_method` (0: image vs text views; 1: the main
+   embeddings vs each view) with denominators over all users / all items.
 
 Evaluation ranks what the official `testEpoch` ranks: forward_MM with the
 parameters after the epoch's last step on the epoch's (edge-dropped)
