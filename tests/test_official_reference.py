@@ -337,9 +337,17 @@ def test_the_parsers_give_our_settings_and_mmssl_times_n_batches(tmp_path):
   assert math.isfinite(e['loss']) and e['train_s'] > 0
 
 
-@pytest.mark.slow  # ~30 s on 2 cores
-def test_a_resumed_diffmm_run_is_the_uninterrupted_run(tmp_path):
-  reason = _official_ready('diffmm')
+# MMSSL with k = 4 of 80 items, so that the modality graphs it carries
+# from epoch to epoch are not empty (at its default rate k = 0 here).
+RESUME_FLAGS = {'diffmm': ['--set', 'batch=16'],
+                'mmssl': ['--set', 'batch_size=16', '--set',
+                          'm_topk_rate=0.05', '--test-procs', '1']}
+
+
+@pytest.mark.slow  # ~30 s (DiffMM), ~20 s (MMSSL) on 2 cores
+@pytest.mark.parametrize('codebase', sorted(RESUME_FLAGS))
+def test_a_resumed_official_run_is_the_uninterrupted_run(tmp_path, codebase):
+  reason = _official_ready(codebase)
   if reason:
     pytest.skip(reason)
   folder = _tiny_folder(tmp_path)
@@ -348,10 +356,10 @@ def test_a_resumed_diffmm_run_is_the_uninterrupted_run(tmp_path):
   def run(epochs, resume=None, seed=5):
     flags = ['--resume-dir', str(resume)] if resume else []
     proc = subprocess.run(
-        [str(REF_PYTHON), script, '--codebase', 'diffmm', '--src',
-         str(SRC['diffmm']), '--preset', 'baby', '--folder', str(folder),
-         '--epochs', str(epochs), '--seed', str(seed), '--set', 'batch=16',
-         '--threads', '1', *flags],
+        [str(REF_PYTHON), script, '--codebase', codebase, '--src',
+         str(SRC[codebase]), '--preset', 'baby', '--folder', str(folder),
+         '--epochs', str(epochs), '--seed', str(seed), '--threads', '1',
+         *RESUME_FLAGS[codebase], *flags],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode:
       return proc
@@ -360,6 +368,7 @@ def test_a_resumed_diffmm_run_is_the_uninterrupted_run(tmp_path):
     return json.loads(line[len('BENCH_RESULT '):])['metrics_per_epoch']
 
   whole = run(3)
+  assert not isinstance(whole, subprocess.CompletedProcess), whole.stderr
   state = tmp_path / 'state'
   first = run(1, state)
   assert [e['losses'] for e in first] == [whole[0]['losses']]

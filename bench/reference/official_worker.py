@@ -55,11 +55,11 @@ compare Recall.
 `--batches N` (MMSSL): each epoch runs N of its batches, not all (its data
 generator's `n_train`, which only sets train()'s batch count, is lowered;
 `n_batch` in the result is the whole epoch's): a timed part of an epoch
-for table3.py. `--resume-dir D` (DiffMM): the state after each epoch
-(`Resume`), so that a 50-epoch run survives being stopped and goes on
-exactly. `--args-only`: the official parser's namespace for the
-command line, nothing loaded or run (table3.py checks our settings
-against it, official_settings.py).
+for table3.py. `--resume-dir D`: the state after each epoch (`Resume`;
+MMSSL's modality graphs on its Trainer included), so that a long run
+survives being stopped and goes on exactly. `--args-only`: the official
+parser's namespace for the command line, nothing loaded or run
+(table3.py checks our settings against it, official_settings.py).
 
 MMSSL's loader counts items as the largest item id in its json files + 1
 (`loader_n_items` in the result): items after the last one that occurs are
@@ -126,6 +126,13 @@ HASHED = {'diffmm': ('Main.py', 'Model.py', 'DataHandler.py', 'Params.py',
 # DiffMM's folder whose --data value means two modalities (module doc).
 DIFFMM_DATA_SLOT = 'baby'
 MMSSL_DATA_NAME = 'data'  # the converted files' folder under the scratch
+# What MMSSL's Trainer carries from one epoch to the next besides its
+# modules and optimizers: the modality graphs in use and the top-k
+# collection (main.py train(); its scheduler is never stepped).
+MMSSL_CARRIED = tuple(f'{m}_{d}_{what}' for m in ('image', 'text')
+                      for d in ('ui', 'iu')
+                      for what in ('graph', 'graph_tmp')) + (
+                          'image_ui_index', 'text_ui_index')
 # Flags the worker sets itself.
 RESERVED = {'data', 'epoch', 'seed', 'data_path', 'dataset', 'debug'}
 # Imported at module level, never called here (stubbed only if missing).
@@ -212,15 +219,16 @@ def install_shims(codebase: str, on_gpu: bool) -> list[str]:
 
 class Resume:
   """`--resume-dir`: after each epoch, the trainer's state (every torch
-  module and optimizer it holds, the Python, numpy and torch random
-  states) and the epochs' records, written atomically; a run started on
-  the same folder goes on from the next epoch as the uninterrupted run
-  would have (the same random streams). A folder of another command line
-  is refused."""
+  module and optimizer it holds, the attributes named in `carried`, the
+  Python, numpy and torch random states) and the epochs' records, written
+  atomically; a run started on the same folder goes on from the next epoch
+  as the uninterrupted run would have (the same random streams). A folder
+  of another command line is refused."""
 
   def __init__(self, folder: str | None, signature: dict[str, Any]):
     self.folder = pathlib.Path(folder) if folder else None
     self.signature = signature
+    self.carried: tuple[str, ...] = ()  # set by the codebase's runner
 
   def _paths(self) -> tuple[pathlib.Path, pathlib.Path]:
     return self.folder / 'state.pt', self.folder / 'epochs.json'
@@ -242,6 +250,8 @@ class Resume:
     state = torch.load(state_path, weights_only=False)
     for name, value in _stateful(holder).items():
       value.load_state_dict(state['objects'][name])
+    for name in self.carried:
+      setattr(holder, name, state['carried'][name])
     random.setstate(state['random'])
     np.random.set_state(state['numpy'])
     torch.set_rng_state(state['torch'])
@@ -260,6 +270,7 @@ class Resume:
     state_path, records_path = self._paths()
     state = {'objects': {k: v.state_dict()
                          for k, v in _stateful(holder).items()},
+             'carried': {k: getattr(holder, k) for k in self.carried},
              'random': random.getstate(), 'numpy': np.random.get_state(),
              'torch': torch.get_rng_state(),
              'cuda': torch.cuda.get_rng_state_all() if on_gpu else None}
@@ -372,9 +383,10 @@ def run_mmssl(args, src: pathlib.Path, root: pathlib.Path, split, argv,
   if args.batches:
     data.n_train = (args.batches - 1) * oargs.batch_size
     info['batches_timed'] = args.batches
-  per_epoch = []
+  args.resume.carried = MMSSL_CARRIED
+  per_epoch = args.resume.load(trainer, args.on_gpu)
   mmssl_main.args.epoch = 1  # one epoch of train()'s loop per call
-  for ep in range(args.epochs):
+  for ep in range(len(per_epoch), args.epochs):
     messages.clear()
     calls.clear()
     t0 = time.perf_counter()
@@ -401,6 +413,7 @@ def run_mmssl(args, src: pathlib.Path, root: pathlib.Path, split, argv,
         'test_called_by': 'official train()' if official_tested else
                           'worker'})
     _print_epoch(per_epoch[-1], k)
+    args.resume.save(trainer, args.on_gpu, per_epoch)
   return info, per_epoch
 
 
@@ -424,9 +437,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError('--batches: MMSSL only (a DiffMM epoch is timed whole)')
   if args.batches < 0:
     raise UsageError('--batches must be >= 0')
-  if args.resume_dir and args.codebase != 'diffmm':
-    raise UsageError('--resume-dir: DiffMM only (MMSSL keeps its modality '
-                     'graphs on its Trainer between epochs; not saved)')
   if args.args_only:
     sys.dont_write_bytecode = True
     sys.path.insert(0, str(src))
@@ -449,7 +459,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       'folder': str(pathlib.Path(args.folder).resolve()), 'name': args.name,
       'features': [args.v_feat, args.t_feat], 'device': str(on_gpu),
       'files_sha256_16': {f: _digest(src / f)
-                          for f in HASHED[args.codebase]}})
+                          for f in HASHED[args.codebase]},
+      **({'batches': args.batches} if args.batches else {})})
   sync = torch.cuda.synchronize if on_gpu else (lambda: None)
   result: dict[str, Any] = {
       'impl': 'official', 'codebase': args.codebase, 'src': str(src),
@@ -509,8 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help='MMSSL: train N batches an epoch (a timed part of '
                  'one; its n_batch is in the result), not all')
   p.add_argument('--resume-dir',
-                 help='DiffMM: keep the state here after each epoch and go '
-                 'on from it (a longer --epochs extends a finished run)')
+                 help='keep the state here after each epoch and go on '
+                 'from it (a longer --epochs extends a finished run)')
   p.add_argument('--args-only', action='store_true',
                  help="print the official parser's settings; run nothing")
   p.add_argument('--scratch', help='parent of the scratch folder')
