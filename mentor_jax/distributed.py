@@ -293,7 +293,7 @@ class ShardedEvaluator:
 
   def _rank(self, plan: _SplitPlan, user_emb, item_emb):
     def local(users, gi, gp, gs, mi, mp, ms, u_emb, i_emb):
-      top, hits = metrics_lib._rank_chunks(  # pylint: disable=protected-access
+      top, hits, _ = metrics_lib._rank_chunks(  # pylint: disable=protected-access
           u_emb, i_emb, users[0], gi[0], gp[0], gs[0], mi[0], mp[0], ms[0],
           chunk_size=plan.chunk, k=plan.k_eff, gt_window=plan.gt_window,
           mask_window=plan.mask_window, precision='highest')

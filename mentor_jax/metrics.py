@@ -106,7 +106,7 @@ def _chunk_csr(indptr: np.ndarray, items: np.ndarray, users: np.ndarray,
 def _rank_chunks(user_emb, item_emb, users, gt_items, gt_pos, gt_start,
                  mask_items, mask_pos, mask_start, *, chunk_size, k,
                  gt_window, mask_window, precision):
-  """Top-k items and hit flags for all evaluated users, chunk by chunk.
+  """Top-k items, hit flags and scores for all given users, chunk by chunk.
 
   Only one [chunk_size, I] score tile (plus two boolean tiles for the
   exclusion mask and the ground truth) is live at a time.
@@ -130,14 +130,26 @@ def _rank_chunks(user_emb, item_emb, users, gt_items, gt_pos, gt_start,
     scores = jnp.matmul(user_emb[u], item_emb.T, precision=precision)
     excluded = dense_rows(c, mask_items, mask_pos, ms, mask_window)
     scores = jnp.where(excluded, -jnp.inf, scores)
-    _, top = jax.lax.top_k(scores, k)
+    top_scores, top = jax.lax.top_k(scores, k)
     truth = dense_rows(c, gt_items, gt_pos, gts, gt_window)
     hits = jnp.take_along_axis(truth, top, axis=1)
-    return top.astype(jnp.int32), hits
+    return top.astype(jnp.int32), hits, top_scores
 
-  top, hits = jax.lax.map(
+  top, hits, scores = jax.lax.map(
       one_chunk, (jnp.arange(n_chunks, dtype=jnp.int32), gt_start, mask_start))
-  return top.reshape(-1, k), hits.reshape(-1, k)
+  return top.reshape(-1, k), hits.reshape(-1, k), scores.reshape(-1, k)
+
+
+def _padded_chunks(users: np.ndarray, chunk_size: int
+                   ) -> tuple[int, int, np.ndarray]:
+  """(chunk, n_chunks, users padded to whole chunks) for `users` (n > 0);
+  a small request need not pay for a full-size chunk."""
+  n = users.size
+  chunk = min(chunk_size, n)
+  n_chunks = -(-n // chunk)
+  padded = np.zeros(n_chunks * chunk, np.int32)
+  padded[:n] = users  # Padding rows score user 0 and are discarded.
+  return chunk, n_chunks, padded
 
 
 def rank_users(
@@ -188,15 +200,10 @@ def rank_users(
   if n == 0:
     return TopK(users, np.zeros((0, k), np.int32), np.zeros((0, k), bool),
                 np.zeros(0, np.int64))
-  # Small evaluations need not pay for a full-size chunk.
-  chunk = min(chunk_size, n)
-  n_chunks = -(-n // chunk)
-  users_padded = np.zeros(n_chunks * chunk, np.int32)
-  users_padded[:n] = users  # Padding rows score user 0 and are discarded.
-
+  chunk, n_chunks, users_padded = _padded_chunks(users, chunk_size)
   gt = _chunk_csr(eval_indptr, eval_items, users, chunk, n_chunks)
   ms = _chunk_csr(mask_indptr, mask_items, users, chunk, n_chunks)
-  top, hits = _rank_chunks(
+  top, hits, _ = _rank_chunks(
       user_emb, item_emb, users_padded, gt.items, gt.pos, gt.chunk_start,
       ms.items, ms.pos, ms.chunk_start, chunk_size=chunk, k=k_eff,
       gt_window=gt.window, mask_window=ms.window, precision=precision)
@@ -206,6 +213,49 @@ def rank_users(
     top = np.pad(top, ((0, 0), (0, k - k_eff)), constant_values=-1)
     hits = np.pad(hits, ((0, 0), (0, k - k_eff)), constant_values=False)
   return TopK(users, top, hits, n_gt_all[users].astype(np.int64))
+
+
+def top_k_items(
+    user_emb: Array,
+    item_emb: Array,
+    users: np.ndarray,
+    mask_indptr: np.ndarray,
+    mask_items: np.ndarray,
+    *,
+    k: int,
+    chunk_size: int = 1024,
+    precision: jax.lax.PrecisionLike = 'highest',
+) -> tuple[np.ndarray, np.ndarray]:
+  """The ranking `rank_users` evaluates, for any users, with its scores.
+
+  Args:
+    user_emb, item_emb, mask_indptr, mask_items, chunk_size, precision: as
+      for `rank_users`.
+    users: [n] user ids (n >= 1; any order, repeats allowed).
+    k: items per user, 1 <= k <= I.
+
+  Returns:
+    (items [n, k] int32, scores [n, k] float32), best first; where fewer
+    than k items are left unmasked, -1 and -inf fill the rest.
+  """
+  n_items = item_emb.shape[0]
+  users = np.asarray(users, np.int32)
+  if not 1 <= k <= n_items or users.size == 0:
+    raise ValueError(f'k={k} of {n_items} items for {users.size} users: '
+                     'expected 1 <= k <= I and at least one user')
+  chunk, n_chunks, users_padded = _padded_chunks(users, chunk_size)
+  no_truth = _chunk_csr(np.zeros(user_emb.shape[0] + 1, np.int64),
+                        np.zeros(0, np.int32), users, chunk, n_chunks)
+  ms = _chunk_csr(mask_indptr, mask_items, users, chunk, n_chunks)
+  top, _, scores = _rank_chunks(
+      user_emb, item_emb, users_padded, no_truth.items, no_truth.pos,
+      no_truth.chunk_start, ms.items, ms.pos, ms.chunk_start,
+      chunk_size=chunk, k=k, gt_window=no_truth.window,
+      mask_window=ms.window, precision=precision)
+  items = np.array(top[:users.size])
+  scores = np.asarray(scores[:users.size])
+  items[np.isneginf(scores)] = -1  # masked items ranked last: not items
+  return items, scores
 
 
 def topk_metrics(hits: np.ndarray, n_gt: np.ndarray,

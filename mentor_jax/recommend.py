@@ -15,36 +15,17 @@ only those.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import pathlib
 import sys
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mentor_jax import errors
 from mentor_jax import evaluate as evaluate_lib
+from mentor_jax import metrics
 from mentor_jax import workdir as workdir_lib
-
-
-@functools.partial(jax.jit, static_argnames=('k',))
-def _top_k(user_emb, item_emb, users, excluded, *, k):
-  """Top-k (scores, items) for [n_chunks, C] users, one chunk at a time.
-
-  `excluded` is [n_chunks, C, L] item ids to mask per user, padded with the
-  out-of-range id I, which the scatter drops.
-  """
-  def one_chunk(xs):
-    u, ex = xs
-    scores = jnp.matmul(user_emb[u], item_emb.T, precision='highest')
-    rows = jnp.arange(u.shape[0])[:, None]
-    scores = scores.at[rows, ex].set(-jnp.inf, mode='drop')
-    return jax.lax.top_k(scores, k)
-
-  return jax.lax.map(one_chunk, (users, excluded))
 
 
 def parse_users(spec: str, n_users: int) -> np.ndarray:
@@ -83,47 +64,6 @@ def read_users_file(path: str) -> str:
   except OSError as e:
     raise ValueError(f'--users-file {path}: cannot be read '
                      f'({e.strerror or e})') from e
-
-
-def top_items(user_emb: jax.Array, item_emb: jax.Array,
-              train_indptr: np.ndarray, train_items: np.ndarray,
-              users: np.ndarray, k: int, chunk_size: int = 1024
-              ) -> tuple[np.ndarray, np.ndarray]:
-  """(items [n, k] int32, scores [n, k] f32), best first; -1 / -inf pads.
-
-  Args:
-    user_emb: [U, D]; item_emb: [I, D].
-    train_indptr: [U + 1] CSR of each user's training items (excluded).
-    train_items: their item ids.
-    users: [n] user ids.
-    k: items per user, 1 <= k <= I.
-    chunk_size: users scored at a time ([chunk_size, I] scores are live).
-  """
-  n_items = item_emb.shape[0]
-  if not 1 <= k <= n_items:
-    raise ValueError(f'k={k}: expected 1 <= k <= {n_items} (the items)')
-  indptr = np.asarray(train_indptr, np.int64)
-  n = users.size
-  chunk = min(chunk_size, n)
-  n_pad = -(-n // chunk) * chunk
-  # [n_pad, L] training items of each requested user, padded with I.
-  counts = indptr[users + 1] - indptr[users]
-  width = 1 << max(int(counts.max(initial=1)) - 1, 0).bit_length()
-  row = np.repeat(np.arange(n), counts)
-  col = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts,
-                                            counts)
-  excluded = np.full((n_pad, width), n_items, np.int32)
-  excluded[row, col] = np.asarray(train_items)[indptr[users][row] + col]
-  padded = np.zeros(n_pad, np.int32)
-  padded[:n] = users
-  scores, items = _top_k(
-      user_emb, item_emb, padded.reshape(-1, chunk),
-      excluded.reshape(-1, chunk, width), k=k)
-  scores = np.asarray(scores).reshape(n_pad, k)[:n]
-  items = np.asarray(items).reshape(n_pad, k)[:n].astype(np.int32)
-  # Fewer than k unseen items: the rest were training items, drop them.
-  items[np.isneginf(scores)] = -1
-  return items, scores
 
 
 def check_out_path(path: str | None, overwrite: bool = False) -> None:
@@ -187,9 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    ' (the items of this dataset)')
     (user_emb, item_emb), _ = evaluate_lib.embeddings(restored,
                                                       args.embeddings)
-    items, scores = top_items(user_emb, item_emb,
-                              *restored.dataset.split('train'), users, args.k,
-                              int(restored.config.eval_batch_size))
+    # The ranking evaluate scores, training items left out.
+    items, scores = metrics.top_k_items(
+        user_emb, item_emb, users, *restored.dataset.split('train'),
+        k=args.k, chunk_size=int(restored.config.eval_batch_size))
     write(args.out, users, items, scores, args.overwrite)
     return 0
 

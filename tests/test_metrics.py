@@ -149,6 +149,39 @@ def test_per_user_arrays_and_top_items():
     np.testing.assert_allclose(got[key], ref, rtol=1e-12, err_msg=key)
 
 
+def test_top_k_items_is_the_evaluated_ranking_for_any_users():
+  ue, ie, gt, train = random_case(4)
+  # Any order, a repeat, and a user whose unmasked items are fewer than k.
+  n_items = ie.shape[0]
+  train[3] = list(range(n_items - 2))
+  ti, titems = to_csr(train)
+  users = np.array([5, 3, 0, 5, 1], np.int32)
+  items, scores = metrics.top_k_items(jnp.asarray(ue), jnp.asarray(ie),
+                                      users, ti, titems, k=4, chunk_size=2)
+  dense = ue[users].astype(np.float64) @ ie.T.astype(np.float64)
+  for row, u in enumerate(users):
+    s = dense[row].copy()
+    s[train[u]] = -np.inf
+    order = np.argsort(-s, kind='stable')[:4]
+    want = np.where(np.isneginf(s[order]), -1, order)
+    np.testing.assert_array_equal(items[row], want)
+    np.testing.assert_allclose(scores[row], s[order], rtol=1e-5)
+  assert list(items[1][2:]) == [-1, -1] and np.isneginf(scores[1][2:]).all()
+  # The users with ground truth get rank_users' top items (which ranks the
+  # masked items last instead of leaving them out: never hits).
+  gi, gitems = to_csr(gt)
+  ranked = metrics.rank_users(jnp.asarray(ue), jnp.asarray(ie), gi, gitems,
+                              ti, titems, k=4, chunk_size=3)
+  again, _ = metrics.top_k_items(jnp.asarray(ue), jnp.asarray(ie),
+                                 ranked.users, ti, titems, k=4)
+  assert (again == -1).any()
+  np.testing.assert_array_equal(np.where(again >= 0, ranked.top_items, -1),
+                                again)
+  with pytest.raises(ValueError, match='1 <= k <= I'):
+    metrics.top_k_items(jnp.asarray(ue), jnp.asarray(ie), users, ti, titems,
+                        k=n_items + 1)
+
+
 def test_chunk_sizes_give_identical_results():
   ue, ie, gt, train = random_case(3, n_users=50)
   results = [run(ue, ie, gt, train, chunk_size=c)
