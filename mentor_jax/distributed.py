@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from mentor_jax import epoch as epoch_lib
 from mentor_jax import mesh as mesh_lib
 from mentor_jax import metrics as metrics_lib
+from mentor_jax import ranking
 from mentor_jax.mesh import AXIS
 
 # The data's item features, split by rows with `shard_tables=True` (the
@@ -256,11 +257,10 @@ class _SplitPlan:
     sentinel = n_chunks * self.chunk
     csrs = []
     for ptr, its in ((indptr, items), (mask_indptr, mask_items)):
-      # pylint: disable-next=protected-access
-      parts = [metrics_lib._chunk_csr(ptr, its, g, self.chunk, n_chunks)
+      parts = [ranking.chunk_csr(ptr, its, g, self.chunk, n_chunks)
                for g in groups]
       # One window and one length for all devices: entries past a chunk's
-      # rows (other chunks, padding) are dropped by `_rank_chunks`.
+      # rows (other chunks, padding) are dropped by `rank_chunks`.
       window = max(p.window for p in parts)
       length = max(p.items.size for p in parts) + window
       pad = lambda x, v: np.pad(x, (0, length - x.size), constant_values=v)
@@ -277,7 +277,7 @@ class ShardedEvaluator:
   """`metrics.Evaluator` with the users of each split divided over devices.
 
   Each device ranks its own users against all items with the single-device
-  kernel (`metrics._rank_chunks`); the top-K lists are all-gathered so
+  kernel (`ranking.rank_chunks`); the top-K lists are all-gathered so
   every process can compute the metrics. Same results as `Evaluator`.
   """
 
@@ -293,7 +293,7 @@ class ShardedEvaluator:
 
   def _rank(self, plan: _SplitPlan, user_emb, item_emb):
     def local(users, gi, gp, gs, mi, mp, ms, u_emb, i_emb):
-      top, hits, _ = metrics_lib._rank_chunks(  # pylint: disable=protected-access
+      top, hits, _ = ranking.rank_chunks(
           u_emb, i_emb, users[0], gi[0], gp[0], gs[0], mi[0], mp[0], ms[0],
           chunk_size=plan.chunk, k=plan.k_eff, gt_window=plan.gt_window,
           mask_window=plan.mask_window, precision='highest')

@@ -24,7 +24,7 @@ import numpy as np
 
 from mentor_jax import errors
 from mentor_jax import evaluate as evaluate_lib
-from mentor_jax import metrics
+from mentor_jax import ranking
 from mentor_jax import workdir as workdir_lib
 
 
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (user_emb, item_emb), _ = evaluate_lib.embeddings(restored,
                                                       args.embeddings)
     # The ranking evaluate scores, training items left out.
-    items, scores = metrics.top_k_items(
+    items, scores = ranking.top_k_items(
         user_emb, item_emb, users, *restored.dataset.split('train'),
         k=args.k, chunk_size=int(restored.config.eval_batch_size))
     write(args.out, users, items, scores, args.overwrite)

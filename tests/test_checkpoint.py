@@ -24,7 +24,7 @@ from configs import tiny
 from mentor_jax import checkpointing
 from mentor_jax import data as data_lib
 from mentor_jax import evaluate
-from mentor_jax import metrics
+from mentor_jax import ranking
 from mentor_jax import recommend
 from mentor_jax import registry
 from mentor_jax import train
@@ -171,7 +171,7 @@ def test_recommend_excludes_training_items(straight, tmp_path):
   users = np.arange(n_users, dtype=np.int32)
   indptr, train_items = restored.dataset.split('train')
   k = 10
-  items, scores = metrics.top_k_items(user_emb, item_emb, users, indptr,
+  items, scores = ranking.top_k_items(user_emb, item_emb, users, indptr,
                                       train_items, k=k, chunk_size=16)
   assert items.shape == (n_users, k)
   for u in users:

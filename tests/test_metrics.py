@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mentor_jax import metrics
+from mentor_jax import ranking
 
 KS = (1, 3, 5, 10)
 
@@ -138,7 +139,7 @@ def test_per_user_arrays_and_top_items():
   users, tops, per_user, _ = brute_force(ue, ie, gt, train, KS)
   gi, gitems = to_csr(gt)
   ti, titems = to_csr(train)
-  ranked = metrics.rank_users(jnp.asarray(ue), jnp.asarray(ie), gi, gitems,
+  ranked = ranking.rank_users(jnp.asarray(ue), jnp.asarray(ie), gi, gitems,
                               ti, titems, k=10, chunk_size=8)
   np.testing.assert_array_equal(ranked.users, users)
   np.testing.assert_array_equal(ranked.top_items,
@@ -156,7 +157,7 @@ def test_top_k_items_is_the_evaluated_ranking_for_any_users():
   train[3] = list(range(n_items - 2))
   ti, titems = to_csr(train)
   users = np.array([5, 3, 0, 5, 1], np.int32)
-  items, scores = metrics.top_k_items(jnp.asarray(ue), jnp.asarray(ie),
+  items, scores = ranking.top_k_items(jnp.asarray(ue), jnp.asarray(ie),
                                       users, ti, titems, k=4, chunk_size=2)
   dense = ue[users].astype(np.float64) @ ie.T.astype(np.float64)
   for row, u in enumerate(users):
@@ -170,15 +171,15 @@ def test_top_k_items_is_the_evaluated_ranking_for_any_users():
   # The users with ground truth get rank_users' top items (which ranks the
   # masked items last instead of leaving them out: never hits).
   gi, gitems = to_csr(gt)
-  ranked = metrics.rank_users(jnp.asarray(ue), jnp.asarray(ie), gi, gitems,
+  ranked = ranking.rank_users(jnp.asarray(ue), jnp.asarray(ie), gi, gitems,
                               ti, titems, k=4, chunk_size=3)
-  again, _ = metrics.top_k_items(jnp.asarray(ue), jnp.asarray(ie),
+  again, _ = ranking.top_k_items(jnp.asarray(ue), jnp.asarray(ie),
                                  ranked.users, ti, titems, k=4)
   assert (again == -1).any()
   np.testing.assert_array_equal(np.where(again >= 0, ranked.top_items, -1),
                                 again)
   with pytest.raises(ValueError, match='1 <= k <= I'):
-    metrics.top_k_items(jnp.asarray(ue), jnp.asarray(ie), users, ti, titems,
+    ranking.top_k_items(jnp.asarray(ue), jnp.asarray(ie), users, ti, titems,
                         k=n_items + 1)
 
 
@@ -199,7 +200,7 @@ def test_ties_break_towards_lower_item_id():
   train = [[0, 1], [5]]
   gi, gitems = to_csr(gt)
   ti, titems = to_csr(train)
-  ranked = metrics.rank_users(jnp.asarray(ue), jnp.asarray(ie), gi, gitems,
+  ranked = ranking.rank_users(jnp.asarray(ue), jnp.asarray(ie), gi, gitems,
                               ti, titems, k=4)
   np.testing.assert_array_equal(ranked.top_items, [[2, 3, 4, 5], [0, 1, 2, 3]])
   got = run(ue, ie, gt, train, ks=(1, 2))

@@ -24,7 +24,7 @@ from configs import tiny
 from data_prep.format import DataError
 from mentor_jax import errors
 from mentor_jax import evaluate as evaluate_lib
-from mentor_jax import metrics
+from mentor_jax import ranking
 from mentor_jax import registry
 from mentor_jax import train
 from mentor_jax.serving import cold
@@ -117,7 +117,7 @@ def test_export_ranks_as_evaluate_and_recommend(run, exported):
   users = np.arange(ex.n_users)
   ids, _ = index_lib.ExactIndex(ex.item_emb, block=16).search(
       ex.user_emb, 20, [ex.seen(u) for u in users])
-  ref_ids, _ = metrics.top_k_items(user, item, users,
+  ref_ids, _ = ranking.top_k_items(user, item, users,
                                    *restored.dataset.split('train'), k=20)
   np.testing.assert_array_equal(ids, ref_ids)
   # ... gives evaluate's test Recall@20 and NDCG@20 (numpy, MMRec's forms).

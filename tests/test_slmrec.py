@@ -22,7 +22,7 @@ from flax import nnx
 import conftest
 from mentor_jax import data as data_lib
 from mentor_jax import family
-from mentor_jax import metrics
+from mentor_jax import ranking
 from mentor_jax import rundirs
 from mentor_jax import train
 from mentor_jax.models import slmrec
@@ -327,7 +327,7 @@ def test_raw_score_ranking_is_an_order_of_mmrecs_sigmoid_scores(
                                        None, b.hp)
   indptr, eval_items = b.dataset.split('test')
   mask_indptr, mask_items = b.dataset.split('train')
-  top = metrics.rank_users(users, items, indptr, eval_items, mask_indptr,
+  top = ranking.rank_users(users, items, indptr, eval_items, mask_indptr,
                            mask_items, k=20)
   # full_sort_predict: float32 scores, float32 sigmoid.
   sig = np.asarray(jax.nn.sigmoid(jnp.matmul(users, items.T,
