@@ -58,7 +58,7 @@ class ChunkedCsr(NamedTuple):
 
 
 def chunk_csr(indptr: np.ndarray, items: np.ndarray, users: np.ndarray,
-               chunk_size: int, n_chunks: int) -> ChunkedCsr:
+              chunk_size: int, n_chunks: int) -> ChunkedCsr:
   """Gathers the CSR rows of `users` (vectorized) and computes chunk windows."""
   indptr = np.asarray(indptr, dtype=np.int64)
   items = np.asarray(items)
@@ -88,8 +88,8 @@ def chunk_csr(indptr: np.ndarray, items: np.ndarray, users: np.ndarray,
     jax.jit, static_argnames=('chunk_size', 'k', 'gt_window', 'mask_window',
                               'precision'))
 def rank_chunks(user_emb, item_emb, users, gt_items, gt_pos, gt_start,
-                 mask_items, mask_pos, mask_start, *, chunk_size, k,
-                 gt_window, mask_window, precision):
+                mask_items, mask_pos, mask_start, *, chunk_size, k,
+                gt_window, mask_window, precision):
   """Top-k items, hit flags and scores for all given users, chunk by chunk.
 
   Only one [chunk_size, I] score tile (plus two boolean tiles for the
@@ -229,7 +229,7 @@ def top_k_items(
                      'expected 1 <= k <= I and at least one user')
   chunk, n_chunks, users_padded = _padded_chunks(users, chunk_size)
   no_truth = chunk_csr(np.zeros(user_emb.shape[0] + 1, np.int64),
-                        np.zeros(0, np.int32), users, chunk, n_chunks)
+                       np.zeros(0, np.int32), users, chunk, n_chunks)
   ms = chunk_csr(mask_indptr, mask_items, users, chunk, n_chunks)
   top, _, scores = rank_chunks(
       user_emb, item_emb, users_padded, no_truth.items, no_truth.pos,
